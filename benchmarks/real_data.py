@@ -1,0 +1,97 @@
+"""Train and evaluate the three presets on the shared real sets; print one table.
+
+    .venv/bin/python benchmarks/real_data.py [--epochs 15] [--batch-size 16] [--base-width 32]
+        [--lr 4e-4] [--sets magnetictile_tile deeppcb_pcb] [--out runs/bench]
+
+Budget: the reference trains 200 epochs at batch 1; on 2 CPU cores that is days, so this runs a
+stated, much smaller budget. Each preset keeps its reference image size (64 / 128 / 128 px).
+Inference is timed with the generator alone plus the score and map (what ``predict`` runs),
+median over repeated calls after warm-up, 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from aoiflow.config import PRESET_NAMES, build_config
+from aoiflow.evaluate import evaluate
+from aoiflow.runs import TrainedModel
+from aoiflow.scoring import score_batch
+from aoiflow.train import fit
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def time_inference(run: Path, batch: int, repeats: int) -> float:
+    """Median ms per image for scoring a batch (R, L and the anomaly map)."""
+    model = TrainedModel.load(run)
+    s = model.config.model.image_size
+    x = torch.rand(batch, model.channels, s, s)
+    sc = model.config.scoring
+    for _ in range(3):
+        score_batch(model.generator, x, sc.score, sc.ssim_window)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        score_batch(model.generator, x, sc.score, sc.ssim_window)
+        times.append((time.perf_counter() - t0) * 1000 / batch)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=["magnetictile_tile", "deeppcb_pcb"])
+    ap.add_argument("--presets", nargs="+", default=list(PRESET_NAMES))
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--base-width", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    rows = []
+    for name in args.sets:
+        root = SHARED / name
+        if not root.is_dir():
+            sys.exit(f"{root}: not found (the shared data sets sit beside the checkout)")
+        for preset in args.presets:
+            cfg = build_config(preset, overrides={
+                "model": {"base_width": args.base_width},
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}})
+            run = args.out / name / preset
+            t0 = time.perf_counter()
+            if not (run / "checkpoint.pt").exists():
+                fit(root, run, cfg, progress=False)
+            else:  # finish an interrupted benchmark instead of starting over
+                fit(root, run, cfg, resume=True, progress=False)
+            train_s = time.perf_counter() - t0
+            m = evaluate(run, root, progress=False)
+            row = {"set": name, "preset": preset, "image_size": cfg.model.image_size,
+                   "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+                   "auroc_R": m["image_auroc_R_only"], "auroc_L": m["image_auroc_L_only"],
+                   "f1": m["f1_at_threshold"], "train_s": train_s,
+                   "ms_b1": time_inference(run, 1, 50), "ms_b32": time_inference(run, 32, 5)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"\nbudget: {args.epochs} epochs, batch {args.batch_size}, base width {args.base_width}, lr {args.lr}, "
+          f"seed {args.seed}, 2 threads")
+    print("| set | preset | px | image AUROC | pixel AUROC | AUROC R only | AUROC L only | F1@thr | train s | ms/img b1 | ms/img b32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['set']} | {r['preset']} | {r['image_size']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
+              f"{fmt(r['auroc_R'])} | {fmt(r['auroc_L'])} | {fmt(r['f1'])} | {r['train_s']:.0f} | {r['ms_b1']:.1f} | {r['ms_b32']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Command line: ``aoiflow train | test | predict | demo``. Parses flags, calls the library, prints."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aoiflow.config import PRESET_NAMES, ConfigError, build_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="aoiflow: learn normal parts from normal images, flag and locate anything else.")
+
+_KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from aoiflow.data import DataLayoutError, ImageReadError
+    from aoiflow.runs import RunError
+
+    return (ConfigError, DataLayoutError, ImageReadError, RunError)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _short_warnings() -> None:
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+
+
+PresetOpt = typer.Option(None, "--preset", help=f"one of: {', '.join(PRESET_NAMES)}")
+ConfigOpt = typer.Option(None, "--config", exists=False, help="YAML settings (partial is fine)")
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="dataset root in MVTec layout (uses DATA/train/good)"),
+    out: Path = typer.Option(..., "--out", help="run folder to write"),
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    epochs: Optional[int] = typer.Option(None, help="training epochs"),
+    batch_size: Optional[int] = typer.Option(None, help="images per step"),
+    image_size: Optional[int] = typer.Option(None, help="model input size (power of two, 32-256)"),
+    base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer"),
+    seed: Optional[int] = typer.Option(None, help="random seed"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Train GANomaly on normal images; writes RUN/checkpoint.pt, config.yaml, history.csv."""
+    from aoiflow.train import fit
+
+    _short_warnings()
+    overrides = {"train": {"epochs": epochs, "batch_size": batch_size, "seed": seed},
+                 "model": {"image_size": image_size, "base_width": base_width}}
+    try:
+        if preset is None and config is None and not resume:
+            preset = "ganomaly-ssim-ssim"
+        if resume and preset is None and config is None and (out / "config.yaml").is_file():
+            config = out / "config.yaml"
+        cfg = build_config(preset, config, overrides)
+        ckpt = fit(data, out, cfg, resume=resume, progress=not quiet)
+    except _known_errors() as exc:
+        _fail(exc)
+    typer.echo(f"trained {cfg.preset or 'custom config'} -> {ckpt}")
+
+
+@app.command()
+def test(
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
+    data: Path = typer.Argument(..., help="dataset root with DATA/test/<good|defect>/"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default RUN/eval)"),
+    threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Score DATA/test: metrics.json, scores.csv, roc.png, score_hist.png, panel.png, report.html."""
+    from aoiflow.evaluate import evaluate
+
+    _short_warnings()
+    try:
+        metrics = evaluate(run, data, out, threshold, progress=not quiet)
+    except _known_errors() as exc:
+        _fail(exc)
+    where = out or run / "eval"
+    keys = ("image_auroc", "pixel_auroc", "f1_at_threshold", "ms_per_image")
+    typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=1))
+    for p, why in ((s["path"], s["reason"]) for s in metrics["skipped"]):
+        typer.echo(f"skipped {p}: {why}")
+    typer.echo(f"report: {where / 'report.html'}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
+    target: Path = typer.Argument(..., help="an image file or a folder of images"),
+    out: Path = typer.Option(..., "--out", help="folder for predictions.csv and maps/"),
+    threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
+    no_maps: bool = typer.Option(False, "--no-maps", help="skip writing anomaly-map PNGs"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Judge new images: OUT/predictions.csv (path, R, L, A, decision) and OUT/maps/*.png."""
+    from aoiflow.predict import Inspector, predict_to_folder
+
+    _short_warnings()
+    try:
+        inspector = Inspector.from_run(run, threshold)
+        results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet)
+    except _known_errors() as exc:
+        _fail(exc)
+    bad = [r for r in results if r.status != "ok"]
+    flagged = sum(r.decision == "anomalous" for r in results)
+    typer.echo(f"{len(results) - len(bad)} scored, {flagged} anomalous, {len(bad)} unreadable -> {out / 'predictions.csv'}")
+    for r in bad:
+        typer.echo(f"skipped {r.path}: {r.reason}", err=True)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="folder for the generated data, run and report"),
+    epochs: int = typer.Option(15, help="training epochs"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """End to end on generated surface images: make data, train, evaluate, write an HTML report."""
+    import shutil
+
+    from aoiflow.evaluate import evaluate
+    from aoiflow.synth import make_surface_dataset
+    from aoiflow.train import fit
+
+    _short_warnings()
+    data_dir, run_dir = out / "data", out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    if not (data_dir / "train").is_dir():
+        typer.echo(f"generating surface images -> {data_dir}")
+        make_surface_dataset(data_dir)
+    cfg = build_config("ganomaly-ssim-ssim", overrides={
+        "model": {"image_size": 64, "base_width": 32}, "train": {"epochs": epochs, "batch_size": 8, "lr": 5e-4}})
+    typer.echo("training ganomaly-ssim-ssim (demo budget: 64 px, width 32) ...")
+    fit(data_dir, run_dir, cfg, progress=not quiet)
+    metrics = evaluate(run_dir, data_dir, progress=not quiet)
+    typer.echo(f"image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}")
+    typer.echo(f"report: {run_dir / 'eval' / 'report.html'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""One typed settings object for aoiflow, the three reference presets, and YAML load/save.
+
+Precedence when building a config: preset < YAML file < explicit overrides (CLI flags).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PRESET_NAMES = ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim")
+
+
+class _Section(BaseModel):
+    # Unknown keys are almost always typos in a YAML file: refuse them loudly.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Network shape. ``channels=None`` means: detect grey vs colour from the training images."""
+
+    image_size: int = 128
+    channels: Literal[1, 3] | None = None
+    latent_size: int = Field(100, ge=1, le=4096)
+    base_width: int = Field(64, ge=4, le=512)
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 32 or v > 256 or v & (v - 1):
+            raise ValueError(f"image_size must be a power of two from 32 to 256, got {v}")
+        return v
+
+
+class LossConfig(_Section):
+    """Training losses: contextual (L1 or SSIM), encoder (L2 on latents), adversarial (feature matching)."""
+
+    contextual: Literal["l1", "ssim"] = "ssim"
+    w_con: float = Field(50.0, gt=0)
+    w_enc: float = Field(1.0, ge=0)
+    w_adv: float = Field(1.0, ge=0)
+    ssim_window: int = Field(11, ge=3, le=31)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    lr_schedule: Literal["lambda", "constant"] = "lambda"
+    seed: int = 0
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    threads: int = Field(2, ge=1)
+
+
+class ScoreConfig(_Section):
+    """How R(x), L(x) and A(x) = lam*R + (1-lam)*L are computed and turned into a decision."""
+
+    score: Literal["l1", "ssim"] = "ssim"
+    lam: float = Field(0.8, ge=0, le=1)
+    ssim_window: int = Field(11, ge=3, le=31)
+    threshold_percentile: float = Field(99.0, gt=0, le=100)
+
+
+class Config(_Section):
+    preset: str | None = None
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    scoring: ScoreConfig = ScoreConfig()
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "ganomaly-l1-l1": {
+        "model": {"image_size": 64, "latent_size": 100},
+        "loss": {"contextual": "l1", "w_con": 1, "w_enc": 1, "w_adv": 20},
+        "scoring": {"score": "l1", "lam": 0.5},
+    },
+    "ganomaly-ssim-l1": {
+        "model": {"image_size": 128, "latent_size": 100},
+        "loss": {"contextual": "ssim", "w_con": 50, "w_enc": 1, "w_adv": 1, "ssim_window": 11},
+        "scoring": {"score": "l1", "lam": 0.8},
+    },
+    "ganomaly-ssim-ssim": {
+        "model": {"image_size": 128, "latent_size": 100},
+        "loss": {"contextual": "ssim", "w_con": 50, "w_enc": 1, "w_adv": 1, "ssim_window": 11},
+        "scoring": {"score": "ssim", "lam": 0.8, "ssim_window": 11},
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config value or file is wrong; the message names the file and the field."""
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """Return the raw settings of a named preset (a fresh copy)."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return {"preset": name, **copy.deepcopy(_PRESETS[name])}
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def _validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Merge preset < YAML file < overrides and validate.
+
+    ``overrides`` is nested like the config (``{"train": {"epochs": 5}}``); ``None`` values are
+    ignored so CLI flags that were not given do not override anything.
+    """
+    file_raw = _read_yaml(Path(config_file)) if config_file else {}
+    name = preset or file_raw.get("preset")
+    raw = preset_dict(name) if name else {}
+    raw = _deep_merge(raw, file_raw)
+    if preset:
+        raw["preset"] = preset
+    raw = _deep_merge(raw, _drop_none(overrides or {}))
+    return _validate(raw, str(config_file) if config_file else "settings")
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a complete or partial config from YAML (a ``preset:`` key is honoured)."""
+    return build_config(config_file=path)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the config as YAML atomically."""
+    from aoiflow.fileio import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.model_dump(), sort_keys=False))

@@ -1,0 +1,232 @@
+"""Reading and validating images, masks and MVTec-layout folders.
+
+Images become float tensors in [0, 1], shape (C, H, W), with C = 1 (grey) or 3 (colour).
+Every failure names the file and the problem; folder loaders collect bad files instead of
+stopping, so one bad image never kills a batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+NORMAL_LABEL = "good"
+
+
+class ImageReadError(ValueError):
+    """An image or mask file could not be used; ``str()`` names the file and the problem."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class DataLayoutError(ValueError):
+    """A data folder is missing or not in the expected layout."""
+
+
+def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
+    """PIL image of any common mode -> float32 array (H, W, C) in [0, 1], C in {1, 3}."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.float32) / 65535.0
+        return arr[..., None]
+    if mode == "I":
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if arr.max() > 255 else 255.0
+        return np.clip(arr / scale, 0, 1)[..., None]
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        hi = float(arr.max()) if arr.size else 1.0
+        return np.clip(arr / (hi if hi > 1 else 1.0), 0, 1)[..., None]
+    if mode in ("1", "L", "LA"):
+        return np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
+    if mode in ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    raise ImageReadError(path, f"unsupported image mode {mode!r}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as float32 (H, W, C) in [0, 1], C = 1 for grey and 3 for colour.
+
+    Raises ImageReadError naming the file for missing, empty, non-image, truncated or
+    zero-sized files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = _to_float_array(img, path)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file that can be decoded (PNG/JPEG/BMP/TIFF)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ImageReadError(path, f"image is too small ({arr.shape[1]}x{arr.shape[0]} pixels)")
+    return arr
+
+
+def is_colour(arr: np.ndarray, tol: float = 2.0 / 255.0) -> bool:
+    """True when an (H, W, C) array carries real colour (an RGB file of a grey scene is grey)."""
+    if arr.shape[2] == 1:
+        return False
+    return bool(np.abs(arr[..., 0] - arr[..., 1]).mean() > tol or np.abs(arr[..., 1] - arr[..., 2]).mean() > tol)
+
+
+def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """Convert (H, W, C) to the requested channel count (ITU-R 601 luma for colour -> grey)."""
+    if arr.shape[2] == channels:
+        return arr
+    if channels == 1:
+        luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+        return luma[..., None].astype(np.float32)
+    return np.repeat(arr, 3, axis=2)
+
+
+def resize_tensor(x: torch.Tensor, size: int | tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (B, C, H, W) to ``size`` with antialiasing when shrinking."""
+    size = (size, size) if isinstance(size, int) else size
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+
+
+def load_tensor(path: str | Path, channels: int, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Read one image as a model input: (C, size, size) float in [0, 1], plus original (H, W)."""
+    arr = to_channels(read_image(path), channels)
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+    return resize_tensor(t, size)[0], (arr.shape[0], arr.shape[1])
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as bool (H, W): pixels > 127 (on an 8-bit scale) are defect."""
+    arr = read_image(path)
+    return arr.max(axis=2) > (127.0 / 255.0)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` (sorted). Missing folder -> DataLayoutError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder}: folder not found")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass
+class Sample:
+    """One test image: its label (0 normal, 1 anomalous), defect type and optional mask file."""
+
+    path: Path
+    label: int
+    defect_type: str
+    mask_path: Path | None = None
+
+
+@dataclass
+class LoadedImages:
+    """Images loaded into one tensor (N, C, S, S); files that failed are listed in ``skipped``."""
+
+    images: torch.Tensor
+    paths: list[Path]
+    original_sizes: list[tuple[int, int]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_images(paths: list[Path], channels: int, size: int, progress: bool = False) -> LoadedImages:
+    """Load many images; unreadable ones are skipped with a warning naming them."""
+    from tqdm import tqdm
+
+    tensors, ok, sizes, skipped = [], [], [], []
+    for path in tqdm(paths, desc="loading", unit="img", disable=not progress, leave=False):
+        try:
+            t, hw = load_tensor(path, channels, size)
+        except ImageReadError as exc:
+            warnings.warn(f"skipped {exc}", stacklevel=2)
+            skipped.append((path, exc.problem))
+            continue
+        tensors.append(t)
+        ok.append(path)
+        sizes.append(hw)
+    images = torch.stack(tensors) if tensors else torch.empty(0, channels, size, size)
+    return LoadedImages(images, ok, sizes, skipped)
+
+
+def detect_channels(paths: list[Path], max_files: int = 32) -> int:
+    """1 when the (first few readable) images are grey, 3 when any carries real colour."""
+    for path in paths[:max_files]:
+        try:
+            if is_colour(read_image(path)):
+                return 3
+        except ImageReadError:
+            continue
+    return 1
+
+
+def train_images(root: str | Path) -> list[Path]:
+    """``ROOT/train/good`` images; clear errors when the folder is missing or empty."""
+    folder = Path(root) / "train" / NORMAL_LABEL
+    if not Path(root).is_dir():
+        raise DataLayoutError(f"{root}: data folder not found")
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder}: missing; expected MVTec layout ROOT/train/good/*.png|jpg")
+    paths = list_images(folder)
+    if not paths:
+        raise DataLayoutError(f"{folder}: contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def _find_mask(gt_dir: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.png", f"{stem}_mask.png", f"{stem}.bmp", f"{stem}_mask.bmp"):
+        if (gt_dir / name).is_file():
+            return gt_dir / name
+    return None
+
+
+def test_samples(root: str | Path) -> list[Sample]:
+    """All images under ``ROOT/test/<type>/`` with labels and masks from ``ROOT/ground_truth``.
+
+    ``good`` is normal (label 0); every other folder is a defect type (label 1). Masks that have
+    no matching test image are reported with a warning.
+    """
+    test_dir = Path(root) / "test"
+    if not test_dir.is_dir():
+        raise DataLayoutError(f"{test_dir}: missing; expected ROOT/test/good and ROOT/test/<defect>")
+    samples: list[Sample] = []
+    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        kind = type_dir.name
+        gt_dir = Path(root) / "ground_truth" / kind
+        images = list_images(type_dir)
+        for img in images:
+            mask = _find_mask(gt_dir, img.stem) if kind != NORMAL_LABEL else None
+            samples.append(Sample(img, int(kind != NORMAL_LABEL), kind, mask))
+        _warn_orphan_masks(gt_dir, {p.stem for p in images})
+    if not samples:
+        raise DataLayoutError(f"{test_dir}: contains no images")
+    return samples
+
+
+def _warn_orphan_masks(gt_dir: Path, stems: set[str]) -> None:
+    if not gt_dir.is_dir():
+        return
+    for mask in list_images(gt_dir):
+        stem = mask.stem.removesuffix("_mask")
+        if stem not in stems:
+            warnings.warn(f"{mask}: mask has no matching test image; ignored", stacklevel=3)

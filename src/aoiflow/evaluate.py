@@ -1,0 +1,171 @@
+"""Score a labelled test folder with a trained run: metrics, per-image scores, plots. Never trains."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, roc_auc_score, roc_curve
+
+from aoiflow import data
+from aoiflow.fileio import atomic_write_text
+from aoiflow.runs import RunError, TrainedModel
+from aoiflow.scoring import combined_score, minmax_score, score_images
+
+SCORE_FIELDS = ["path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"]
+
+
+@dataclass
+class Evaluation:
+    """Per-image results of one test run (arrays aligned with ``samples``)."""
+
+    samples: list[data.Sample]
+    images: torch.Tensor          # (N, C, S, S) in [0, 1]
+    reconstructions: torch.Tensor  # (N, C, S, S)
+    maps: torch.Tensor             # (N, 1, S, S)
+    masks: list[np.ndarray | None]  # bool (S, S) at model resolution, None without ground truth
+    r: np.ndarray
+    l: np.ndarray
+    a: np.ndarray
+    a_hat: np.ndarray
+    threshold: float
+    skipped: list[tuple[Path, str]]
+    ms_per_image: float
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+
+
+def _load_masks(samples: list[data.Sample], size: int) -> list[np.ndarray | None]:
+    masks: list[np.ndarray | None] = []
+    for s in samples:
+        if s.label == 0:
+            masks.append(np.zeros((size, size), bool))
+            continue
+        if s.mask_path is None:
+            masks.append(None)
+            continue
+        try:
+            m = torch.from_numpy(data.read_mask(s.mask_path).astype(np.float32))[None, None]
+        except data.ImageReadError as exc:
+            warnings.warn(f"skipped mask {exc}", stacklevel=2)
+            masks.append(None)
+            continue
+        masks.append((data.resize_tensor(m, size)[0, 0] > 0.5).numpy())
+    return masks
+
+
+def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float | None = None,
+                   batch_size: int = 32, progress: bool = True) -> Evaluation:
+    """Score every image under ``DATA/test``; unreadable images are reported and skipped."""
+    if model.calibration is None:
+        raise RunError("this run has no calibration (training did not finish); resume it with `aoiflow train --resume`")
+    cfg = model.config
+    samples = data.test_samples(data_root)
+    loaded = data.load_images([s.path for s in samples], model.channels, cfg.model.image_size, progress)
+    ok = set(loaded.paths)
+    samples = [s for s in samples if s.path in ok]
+    if not samples:
+        raise data.DataLayoutError(f"{data_root}: no readable test images")
+    t0 = time.perf_counter()
+    raw = score_images(model.generator, loaded.images, cfg.scoring.score, cfg.scoring.ssim_window,
+                       batch_size, keep_maps=True, keep_reconstructions=True, progress=progress)
+    ms = (time.perf_counter() - t0) * 1000 / len(samples)
+    a = combined_score(raw.r, raw.l, model.calibration, cfg.scoring.lam)
+    return Evaluation(
+        samples, loaded.images, raw.reconstructions, raw.maps, _load_masks(samples, cfg.model.image_size),
+        raw.r, raw.l, a, minmax_score(raw.r, raw.l, cfg.scoring.lam),
+        model.calibration.threshold if threshold is None else threshold, loaded.skipped, ms,
+    )
+
+
+def pixel_auroc(ev: Evaluation) -> tuple[float | None, int]:
+    """Pixel AUROC at model resolution over images with ground truth; defect images whose mask is
+    empty are left out (they have nothing to localise). Returns (auroc, images used)."""
+    use = [i for i, m in enumerate(ev.masks) if m is not None and (ev.samples[i].label == 0 or m.any())]
+    if not any(ev.samples[i].label == 1 for i in use):
+        return None, 0
+    y = np.concatenate([ev.masks[i].ravel() for i in use])
+    s = torch.cat([ev.maps[i].flatten() for i in use]).numpy()
+    return _auroc(y.astype(np.uint8), s), len(use)
+
+
+def compute_metrics(ev: Evaluation) -> dict:
+    labels = np.array([s.label for s in ev.samples])
+    decisions = (ev.a > ev.threshold).astype(int)
+    per_type = {}
+    for kind in sorted({s.defect_type for s in ev.samples if s.label == 1}):
+        sel = np.array([s.label == 0 or s.defect_type == kind for s in ev.samples])
+        per_type[kind] = {
+            "image_auroc": _auroc(labels[sel], ev.a[sel]),
+            "count": int(sum(s.defect_type == kind for s in ev.samples)),
+            "recall_at_threshold": float(decisions[labels == 1][[s.defect_type == kind for s in ev.samples if s.label == 1]].mean()),
+        }
+    pix, n_pix = pixel_auroc(ev)
+    return {
+        "image_auroc": _auroc(labels, ev.a),
+        "image_auroc_R_only": _auroc(labels, ev.r),
+        "image_auroc_L_only": _auroc(labels, ev.l),
+        "pixel_auroc": pix,
+        "pixel_auroc_images": n_pix,
+        "threshold": ev.threshold,
+        "f1_at_threshold": float(f1_score(labels, decisions, zero_division=0)),
+        "false_positive_rate_at_threshold": float(decisions[labels == 0].mean()) if (labels == 0).any() else None,
+        "recall_at_threshold": float(decisions[labels == 1].mean()) if (labels == 1).any() else None,
+        "per_defect_type": per_type,
+        "counts": {"normal": int((labels == 0).sum()), "anomalous": int((labels == 1).sum()),
+                   "skipped": len(ev.skipped)},
+        "skipped": [{"path": str(p), "reason": why} for p, why in ev.skipped],
+        "ms_per_image": ev.ms_per_image,
+    }
+
+
+def _scores_csv(ev: Evaluation) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(SCORE_FIELDS)
+    for i, s in enumerate(ev.samples):
+        w.writerow([s.path, s.label, s.defect_type, f"{ev.r[i]:.6g}", f"{ev.l[i]:.6g}", f"{ev.a[i]:.6g}",
+                    f"{ev.a_hat[i]:.6g}", "anomalous" if ev.a[i] > ev.threshold else "normal"])
+    return buf.getvalue()
+
+
+def _json_ready(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
+def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
+             threshold: float | None = None, progress: bool = True) -> dict:
+    """``aoiflow test``: write metrics.json, scores.csv, roc.png, score_hist.png, panel.png to RUN/eval."""
+    from aoiflow import report
+
+    model = TrainedModel.load(run_dir)
+    torch.set_num_threads(model.config.train.threads)
+    ev = run_evaluation(model, data_root, threshold, progress=progress)
+    metrics = compute_metrics(ev)
+    metrics.update(run=str(run_dir), data=str(data_root), preset=model.config.preset, epoch=model.epoch)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "scores.csv", _scores_csv(ev))
+    atomic_write_text(out / "metrics.json", json.dumps(_json_ready(metrics), indent=2))
+    labels = np.array([s.label for s in ev.samples])
+    report.roc_plot(labels, ev.a, out / "roc.png", title=f"{model.config.preset or 'run'}")
+    report.histogram_plot(labels, ev.a, ev.threshold, out / "score_hist.png")
+    report.panel_plot(ev, out / "panel.png")
+    report.html_report(out, _json_ready(metrics), f"aoiflow evaluation: {model.config.preset or Path(run_dir).name}")
+    return metrics

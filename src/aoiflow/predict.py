@@ -1,0 +1,158 @@
+"""Score new images with a trained run: R, L, normalised A, decision and an anomaly map per image.
+
+Library use::
+
+    from aoiflow.predict import Inspector
+    inspector = Inspector.from_run("runs/tile")
+    for result in inspector.predict_files(["part.png"]):
+        print(result.path, result.a, result.decision)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aoiflow import data
+from aoiflow.fileio import atomic_write, atomic_write_text
+from aoiflow.runs import RunError, TrainedModel
+from aoiflow.scoring import combined_score, score_batch
+
+PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map"]
+
+
+@dataclass
+class Prediction:
+    """Result for one file. ``status`` is 'ok' or 'error' (then ``reason`` says why)."""
+
+    path: Path
+    status: str
+    reason: str = ""
+    r: float = float("nan")
+    l: float = float("nan")
+    a: float = float("nan")
+    decision: str = ""
+    anomaly_map: np.ndarray | None = None  # (H, W) float at the original image size
+    original: np.ndarray | None = None     # (H, W, C) float in [0, 1]
+
+
+class Inspector:
+    """A trained model plus its calibration, ready to judge images one at a time or in batches."""
+
+    def __init__(self, model: TrainedModel, threshold: float | None = None) -> None:
+        if model.calibration is None:
+            raise RunError("the run has no calibration (training did not finish); resume it with `aoiflow train --resume`")
+        self.model = model
+        self.threshold = model.calibration.threshold if threshold is None else float(threshold)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, threshold: float | None = None) -> "Inspector":
+        return cls(TrainedModel.load(run_dir), threshold)
+
+    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16) -> Iterable[Prediction]:
+        """Yield one Prediction per file, in order; unreadable files give status 'error'."""
+        batch: list[tuple[Path, np.ndarray]] = []
+        for p in map(Path, paths):
+            try:
+                arr = data.to_channels(data.read_image(p), self.model.channels)
+            except data.ImageReadError as exc:
+                yield from self._flush(batch)
+                batch = []
+                yield Prediction(p, "error", exc.problem)
+                continue
+            batch.append((p, arr))
+            if len(batch) >= batch_size:
+                yield from self._flush(batch)
+                batch = []
+        yield from self._flush(batch)
+
+    def _flush(self, batch: list[tuple[Path, np.ndarray]]) -> Iterable[Prediction]:
+        if not batch:
+            return
+        cfg = self.model.config
+        size = cfg.model.image_size
+        x = torch.stack([data.resize_tensor(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None], size)[0]
+                         for _, a in batch])
+        r, l, amap, _ = score_batch(self.model.generator, x, cfg.scoring.score, cfg.scoring.ssim_window)
+        a = combined_score(r.numpy(), l.numpy(), self.model.calibration, cfg.scoring.lam)
+        for i, (p, arr) in enumerate(batch):
+            full = data.resize_tensor(amap[i : i + 1], (arr.shape[0], arr.shape[1]))[0, 0].numpy()
+            yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]),
+                             "anomalous" if a[i] > self.threshold else "normal", full, arr)
+
+
+def collect_inputs(target: str | Path) -> list[Path]:
+    """One image file, or every image in a folder (recursively)."""
+    target = Path(target)
+    if target.is_file():
+        return [target]
+    if not target.exists():
+        raise data.DataLayoutError(f"{target}: not found")
+    paths = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in data.IMAGE_SUFFIXES)
+    if not paths:
+        raise data.DataLayoutError(f"{target}: contains no images")
+    return paths
+
+
+def overlay_png(original: np.ndarray, amap: np.ndarray, vmax: float, path: Path) -> None:
+    """Save the image (left) and the anomaly map as a heat overlay (right) side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+    from PIL import Image
+
+    base = original if original.shape[2] == 3 else np.repeat(original, 3, axis=2)
+    heat = colormaps["inferno"](np.clip(amap / max(vmax, 1e-8), 0, 1))[..., :3]
+    over = 0.55 * base + 0.45 * heat
+    img = (np.concatenate([base, over], axis=1) * 255).round().astype(np.uint8)
+    atomic_write(path, lambda p: Image.fromarray(img).save(p, format="PNG"))
+
+
+def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | Path,
+                      write_maps: bool = True, progress: bool = True) -> list[Prediction]:
+    """``aoiflow predict``: map PNGs under OUT/maps and OUT/predictions.csv (rewritten as it goes)."""
+    from tqdm import tqdm
+
+    paths = collect_inputs(target)
+    out = Path(out_dir)
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    results: list[Prediction] = []
+    rows: list[list[str]] = []
+    # Map colours share one scale so maps are comparable: a high percentile of normal R is not
+    # per-pixel, so use the threshold-free fixed scale of the score kind instead.
+    vmax = 1.0 if inspector.model.config.scoring.score == "ssim" else 0.5
+    base = Path(target) if Path(target).is_dir() else Path(target).parent
+    for k, pred in enumerate(tqdm(inspector.predict_files(paths), total=len(paths), desc="predict",
+                                  unit="img", disable=not progress)):
+        map_name = ""
+        if pred.status == "ok" and write_maps:
+            rel = pred.path.relative_to(base).with_suffix("")
+            map_name = str(Path("maps") / f"{'__'.join(rel.parts)}_map.png")
+            overlay_png(pred.original, pred.anomaly_map, vmax, out / map_name)
+        pred.original = None  # keep memory flat on big folders
+        results.append(pred)
+        rows.append([str(pred.path), pred.status, pred.reason, _fmt(pred.r), _fmt(pred.l), _fmt(pred.a),
+                     _fmt(inspector.threshold), pred.decision, map_name])
+        if k % 50 == 0 or k == len(paths) - 1:
+            _write_csv(out / "predictions.csv", rows)
+    _write_csv(out / "predictions.csv", rows)
+    return results
+
+
+def _fmt(v: float) -> str:
+    return "" if v != v else f"{v:.6g}"
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(PREDICTION_FIELDS)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

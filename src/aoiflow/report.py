@@ -1,0 +1,119 @@
+"""Plots: ROC curve, score histograms, and image panels (input, reconstruction, map, mask)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from aoiflow.fileio import atomic_write  # noqa: E402
+
+if TYPE_CHECKING:
+    from aoiflow.evaluate import Evaluation
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def roc_plot(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    if len(set(labels.tolist())) == 2:
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(labels, scores):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC {title}".strip(),
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def histogram_plot(labels: np.ndarray, scores: np.ndarray, threshold: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    bins = np.histogram_bin_edges(scores, bins=40)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal", color="tab:blue")
+    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="anomalous", color="tab:red")
+    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set(xlabel="anomaly score A (normalised)", ylabel="images")
+    ax.legend()
+    _save(fig, path)
+
+
+def _show(ax, img: np.ndarray, title: str, **kw) -> None:
+    ax.imshow(img, **kw)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _as_display(t) -> np.ndarray:
+    arr = t.permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[2] == 1 else np.clip(arr, 0, 1)
+
+
+def panel_plot(ev: "Evaluation", path: Path, per_kind: int = 1, max_rows: int = 8) -> None:
+    """Rows of input | reconstruction | anomaly map | mask: the highest-scoring image of each defect
+    type plus the median normal image."""
+    rows: list[int] = []
+    kinds = sorted({s.defect_type for s in ev.samples})
+    for kind in kinds:
+        idx = [i for i, s in enumerate(ev.samples) if s.defect_type == kind]
+        idx.sort(key=lambda i: ev.a[i])
+        rows += [idx[len(idx) // 2]] if kind == "good" else idx[-per_kind:]
+    rows = rows[:max_rows]
+    vmax = float(ev.maps.max()) if ev.maps.numel() else 1.0
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    for r, i in enumerate(rows):
+        s = ev.samples[i]
+        grey = dict(cmap="gray", vmin=0, vmax=1)
+        _show(axes[r, 0], _as_display(ev.images[i]), f"{s.defect_type}: {s.path.name}", **grey)
+        _show(axes[r, 1], _as_display(ev.reconstructions[i]), "reconstruction", **grey)
+        _show(axes[r, 2], ev.maps[i, 0].numpy(), f"map  A={ev.a[i]:.2f}", cmap="inferno", vmin=0, vmax=vmax)
+        mask = ev.masks[i]
+        if mask is None:
+            axes[r, 3].axis("off")
+            axes[r, 3].set_title("no mask", fontsize=8)
+        else:
+            _show(axes[r, 3], mask.astype(float), "ground truth", cmap="gray", vmin=0, vmax=1)
+    _save(fig, path)
+
+
+def html_report(eval_dir: Path, metrics: dict, title: str = "aoiflow evaluation") -> Path:
+    """A single self-contained-by-reference HTML page over the eval folder's metrics and plots."""
+    import html
+
+    def fmt(v) -> str:
+        return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
+
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{fmt(v['image_auroc'])}</td><td>{v['count']}</td>"
+        f"<td>{fmt(v['recall_at_threshold'])}</td></tr>"
+        for k, v in metrics.get("per_defect_type", {}).items()
+    )
+    summary = "".join(
+        f"<tr><td>{k}</td><td>{fmt(metrics.get(k))}</td></tr>"
+        for k in ("image_auroc", "pixel_auroc", "f1_at_threshold", "recall_at_threshold",
+                  "false_positive_rate_at_threshold", "threshold", "ms_per_image")
+    )
+    skipped = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in metrics.get("skipped", []))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:100%;margin:4px}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>run <code>{html.escape(str(metrics.get('run', '')))}</code>, data <code>{html.escape(str(metrics.get('data', '')))}</code>,
+preset <b>{html.escape(str(metrics.get('preset')))}</b>, {metrics['counts']['normal']} normal / {metrics['counts']['anomalous']} anomalous test images.</p>
+<h2>Summary</h2><table>{summary}</table>
+<h2>Per defect type</h2><table><tr><th>type</th><th>image AUROC</th><th>images</th><th>recall at threshold</th></tr>{rows}</table>
+<div><img src="roc.png"><img src="score_hist.png"></div>
+<h2>Examples</h2><img src="panel.png">
+{f'<h2>Skipped files</h2><ul>{skipped}</ul>' if skipped else ''}
+</body></html>"""
+    path = Path(eval_dir) / "report.html"
+    atomic_write(path, lambda p: p.write_text(page))
+    return path
