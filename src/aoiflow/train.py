@@ -134,7 +134,7 @@ def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: i
         "generator": state.generator.state_dict(), "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
         "sched_g": state.sched_g.state_dict(), "sched_d": state.sched_d.state_dict(),
-        "history": history, "split": split,
+        "history": history, "split": split, "torch_rng": torch.get_rng_state(),
         "calibration": calibration_dict(calibration) if calibration else None,
     }
 
@@ -198,6 +198,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         state.sched_d.load_state_dict(previous["sched_d"])
         history = list(previous["history"])
         start_epoch = int(previous["epoch"])
+        torch.set_rng_state(previous["torch_rng"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / CONFIG)

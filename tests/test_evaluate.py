@@ -1,0 +1,58 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from aoiflow.evaluate import evaluate
+from aoiflow.runs import RunError
+from aoiflow.train import fit
+
+
+@pytest.fixture
+def tile_run(tile_subset, tmp_path, tiny_config):
+    fit(tile_subset, tmp_path / "run", tiny_config, progress=False)
+    return tmp_path / "run"
+
+
+def test_evaluation_on_real_images_writes_everything(tile_run, tile_subset):
+    bad = tile_subset / "test" / "crack" / "zz_truncated.jpg"
+    bad.write_bytes(next((tile_subset / "test" / "crack").glob("*.jpg")).read_bytes()[:300])
+    with pytest.warns(UserWarning, match="zz_truncated.jpg"):
+        metrics = evaluate(tile_run, tile_subset, progress=False)
+    out = tile_run / "eval"
+    for name in ("metrics.json", "scores.csv", "roc.png", "score_hist.png", "panel.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["counts"] == {"normal": 4, "anomalous": 6, "skipped": 1}
+    assert saved["skipped"][0]["path"].endswith("zz_truncated.jpg")
+    assert 0 <= saved["image_auroc"] <= 1 and 0 <= saved["pixel_auroc"] <= 1
+    assert set(saved["per_defect_type"]) == {"blowhole", "crack"}
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 10 and set(rows[0]) == {"path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"}
+    a_hat = np.array([float(r["A_hat"]) for r in rows])
+    assert a_hat.min() == 0 and a_hat.max() == 1
+    decisions = [r["decision"] == "anomalous" for r in rows]
+    assert decisions == [float(r["A"]) > saved["threshold"] for r in rows]
+
+
+def test_threshold_override_changes_decisions(tile_run, tile_subset):
+    low = evaluate(tile_run, tile_subset, tile_run / "low", threshold=-1e9, progress=False)
+    assert low["recall_at_threshold"] == 1.0 and low["false_positive_rate_at_threshold"] == 1.0
+
+
+def test_unfinished_run_is_refused_with_a_fix(tile_run, tile_subset):
+    import torch
+
+    ckpt = torch.load(tile_run / "checkpoint.pt", weights_only=False)
+    ckpt["calibration"] = None
+    torch.save(ckpt, tile_run / "checkpoint.pt")
+    with pytest.raises(RunError, match="--resume"):
+        evaluate(tile_run, tile_subset, progress=False)
+
+
+def test_missing_run_or_test_folder(tmp_path, tile_run):
+    with pytest.raises(RunError, match="not found"):
+        evaluate(tmp_path / "nope", tmp_path, progress=False)
+    with pytest.raises(ValueError, match="test"):
+        evaluate(tile_run, tmp_path / "empty", progress=False)
