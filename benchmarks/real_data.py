@@ -36,11 +36,11 @@ def time_inference(run: Path, batch: int, repeats: int) -> float:
     x = torch.rand(batch, model.channels, s, s)
     sc = model.config.scoring
     for _ in range(3):
-        score_batch(model.generator, x, sc.score, sc.ssim_window)
+        score_batch(model.generator, x, sc)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        score_batch(model.generator, x, sc.score, sc.ssim_window)
+        score_batch(model.generator, x, sc)
         times.append((time.perf_counter() - t0) * 1000 / batch)
     return statistics.median(times)
 

@@ -9,11 +9,13 @@ from aoiflow.model import Discriminator, Generator, build_networks
 def test_shapes_for_every_size_and_channel_count(size, channels):
     g, d = build_networks(size, channels, latent_size=20, base_width=4, seed=0)
     x = torch.rand(2, channels, size, size) * 2 - 1
-    out = g(x)
+    with torch.no_grad():
+        out = g(x)
     assert out.reconstruction.shape == x.shape
     assert out.latent.shape == out.latent_hat.shape == (2, 20, 1, 1)
     assert float(out.reconstruction.abs().max()) <= 1.0  # Tanh output
-    prob, feats = d(x)
+    with torch.no_grad():
+        prob, feats = d(x)
     assert prob.shape == (2,) and feats.shape[-2:] == (4, 4)
     assert ((prob >= 0) & (prob <= 1)).all()
 

@@ -42,8 +42,8 @@ def test_same_seed_gives_the_same_scores(surfaces, tmp_path, tiny_config):
     fit(surfaces, tmp_path / "b", tiny_config, progress=False)
     a, b = TrainedModel.load(tmp_path / "a"), TrainedModel.load(tmp_path / "b")
     x = torch.rand(3, 1, 32, 32)
-    ra = score_images(a.generator, x, "ssim", 7)
-    rb = score_images(b.generator, x, "ssim", 7)
+    ra = score_images(a.generator, x, a.config.scoring)
+    rb = score_images(b.generator, x, b.config.scoring)
     np.testing.assert_array_equal(ra.r, rb.r)
     np.testing.assert_array_equal(ra.l, rb.l)
 
@@ -99,6 +99,6 @@ def test_short_training_separates_an_obvious_defect(tmp_path, preset):
     normal = [normal_surface(rng, 32) for _ in range(16)]
     defect = [add_defect(normal_surface(rng, 32), "stain", rng, strength=3.0)[0] for _ in range(16)]
     x = torch.tensor(np.stack(normal + defect), dtype=torch.float32)[:, None]
-    raw = score_images(model.generator, x, cfg.scoring.score, cfg.scoring.ssim_window)
+    raw = score_images(model.generator, x, cfg.scoring)
     labels = [0] * 16 + [1] * 16
     assert roc_auc_score(labels, raw.r) > 0.9

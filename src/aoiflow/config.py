@@ -63,6 +63,10 @@ class ScoreConfig(_Section):
     score: Literal["l1", "ssim"] = "ssim"
     lam: float = Field(0.8, ge=0, le=1)
     ssim_window: int = Field(11, ge=3, le=31)
+    # How the map becomes R: 'mean' over all pixels (the paper), or the mean of the top
+    # `topk_fraction` of pixels, which keeps a small defect from being averaged away.
+    pooling: Literal["mean", "topk"] = "mean"
+    topk_fraction: float = Field(0.01, gt=0, le=1)
     threshold_percentile: float = Field(99.0, gt=0, le=100)
 
 

@@ -18,7 +18,8 @@ from sklearn.metrics import f1_score, roc_auc_score, roc_curve
 from aoiflow import data
 from aoiflow.fileio import atomic_write_text
 from aoiflow.runs import RunError, TrainedModel
-from aoiflow.scoring import combined_score, minmax_score, score_images
+from aoiflow.config import ScoreConfig
+from aoiflow.scoring import calibrate, combined_score, minmax_score, score_images
 
 SCORE_FIELDS = ["path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"]
 
@@ -77,8 +78,8 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
     if not samples:
         raise data.DataLayoutError(f"{data_root}: no readable test images")
     t0 = time.perf_counter()
-    raw = score_images(model.generator, loaded.images, cfg.scoring.score, cfg.scoring.ssim_window,
-                       batch_size, keep_maps=True, keep_reconstructions=True, progress=progress)
+    raw = score_images(model.generator, loaded.images, cfg.scoring, batch_size,
+                       keep_maps=True, keep_reconstructions=True, progress=progress)
     ms = (time.perf_counter() - t0) * 1000 / len(samples)
     a = combined_score(raw.r, raw.l, model.calibration, cfg.scoring.lam)
     return Evaluation(
@@ -86,6 +87,20 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
         raw.r, raw.l, a, minmax_score(raw.r, raw.l, cfg.scoring.lam),
         model.calibration.threshold if threshold is None else threshold, loaded.skipped, ms,
     )
+
+
+def recalibrate(model: TrainedModel, data_root: str | Path, settings: ScoreConfig) -> TrainedModel:
+    """The same networks with other scoring settings (score kind, window, lambda, pooling,
+    percentile): normalisation and threshold are measured again on the run's held-out normals,
+    which are re-read from ``data_root``. Costs one pass over those images, no training."""
+    paths = [Path(data_root) / p for p in model.split["val"]]
+    loaded = data.load_images(paths, model.channels, model.config.model.image_size)
+    if len(loaded.images) == 0:
+        raise data.DataLayoutError(f"{data_root}: none of the run's held-out normal images could be read")
+    raw = score_images(model.generator, loaded.images, settings)
+    config = model.config.model_copy(update={"scoring": settings})
+    cal = calibrate(raw.r, raw.l, settings.lam, settings.threshold_percentile)
+    return TrainedModel(model.generator, config, model.channels, cal, model.epoch, model.split)
 
 
 def pixel_auroc(ev: Evaluation) -> tuple[float | None, int]:

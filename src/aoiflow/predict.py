@@ -79,7 +79,7 @@ class Inspector:
         size = cfg.model.image_size
         x = torch.stack([data.resize_tensor(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None], size)[0]
                          for _, a in batch])
-        r, l, amap, _ = score_batch(self.model.generator, x, cfg.scoring.score, cfg.scoring.ssim_window)
+        r, l, amap, _ = score_batch(self.model.generator, x, cfg.scoring)
         a = combined_score(r.numpy(), l.numpy(), self.model.calibration, cfg.scoring.lam)
         for i, (p, arr) in enumerate(batch):
             full = data.resize_tensor(amap[i : i + 1], (arr.shape[0], arr.shape[1]))[0, 0].numpy()

@@ -69,6 +69,7 @@ class TrainedModel:
     channels: int
     calibration: Calibration | None
     epoch: int
+    split: dict[str, list[str]]  # file names of train/val images relative to the data root
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainedModel":
@@ -80,7 +81,7 @@ class TrainedModel:
         gen.load_state_dict(state["generator"])
         gen.eval()
         cal = Calibration(**state["calibration"]) if state.get("calibration") else None
-        return cls(gen, config, channels, cal, int(state["epoch"]))
+        return cls(gen, config, channels, cal, int(state["epoch"]), state["split"])
 
 
 def calibration_dict(cal: Calibration) -> dict[str, Any]:

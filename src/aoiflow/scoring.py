@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from aoiflow.config import ScoreConfig
 from aoiflow.model import Generator
 from aoiflow.runs import Calibration
 from aoiflow.ssim import ssim_map
@@ -43,15 +44,26 @@ def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, kind: ScoreKind, window: i
     raise ValueError(f"score must be 'l1' or 'ssim', got {kind!r}")
 
 
+def pool_map(amap: torch.Tensor, pooling: str = "mean", topk_fraction: float = 0.01) -> torch.Tensor:
+    """(B, 1, H, W) map -> R (B,): the mean of all pixels, or of the highest ``topk_fraction``."""
+    flat = amap.flatten(1)
+    if pooling == "mean":
+        return flat.mean(1)
+    if pooling == "topk":
+        k = max(1, round(flat.shape[1] * topk_fraction))
+        return flat.topk(k, dim=1).values.mean(1)
+    raise ValueError(f"pooling must be 'mean' or 'topk', got {pooling!r}")
+
+
 @torch.inference_mode()
 def score_batch(
-    generator: Generator, x: torch.Tensor, kind: ScoreKind, window: int = 11
+    generator: Generator, x: torch.Tensor, settings: ScoreConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S)."""
     out = generator(x * 2.0 - 1.0)
     x_hat = (out.reconstruction + 1.0) * 0.5
-    amap = anomaly_map(x, x_hat, kind, window)
-    r = amap.flatten(1).mean(1)
+    amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window)
+    r = pool_map(amap, settings.pooling, settings.topk_fraction)
     l = (out.latent - out.latent_hat).pow(2).flatten(1).mean(1)
     return r, l, amap, x_hat
 
@@ -59,8 +71,7 @@ def score_batch(
 def score_images(
     generator: Generator,
     images: torch.Tensor,
-    kind: ScoreKind,
-    window: int = 11,
+    settings: ScoreConfig,
     batch_size: int = 32,
     keep_maps: bool = False,
     keep_reconstructions: bool = False,
@@ -72,7 +83,7 @@ def score_images(
     rs, ls, maps, recs = [], [], [], []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="scoring", unit="batch", disable=not progress, leave=False):
-        r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], kind, window)
+        r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], settings)
         rs.append(r)
         ls.append(l)
         if keep_maps:
