@@ -97,9 +97,9 @@ def recalibrate(model: TrainedModel, data_root: str | Path, settings: ScoreConfi
     loaded = data.load_images(paths, model.channels, model.config.model.image_size)
     if len(loaded.images) == 0:
         raise data.DataLayoutError(f"{data_root}: none of the run's held-out normal images could be read")
-    raw = score_images(model.generator, loaded.images, settings)
+    raw = score_images(model.generator, loaded.images, settings, keep_maps=True)
     config = model.config.model_copy(update={"scoring": settings})
-    cal = calibrate(raw.r, raw.l, settings.lam, settings.threshold_percentile)
+    cal = calibrate(raw.r, raw.l, settings.lam, settings.threshold_percentile, raw.maps)
     return TrainedModel(model.generator, config, model.channels, cal, model.epoch, model.split)
 
 

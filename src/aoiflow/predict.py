@@ -51,6 +51,14 @@ class Inspector:
         self.model = model
         self.threshold = model.calibration.threshold if threshold is None else float(threshold)
 
+    @property
+    def map_scale(self) -> float:
+        """Map value shown at full heat: twice the 99.9th percentile of normal pixels."""
+        high = self.model.calibration.map_high
+        if high:
+            return 2.0 * high
+        return 1.0 if self.model.config.scoring.score == "ssim" else 0.5
+
     @classmethod
     def from_run(cls, run_dir: str | Path, threshold: float | None = None) -> "Inspector":
         return cls(TrainedModel.load(run_dir), threshold)
@@ -125,9 +133,8 @@ def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | P
     (out / "maps").mkdir(parents=True, exist_ok=True)
     results: list[Prediction] = []
     rows: list[list[str]] = []
-    # Map colours share one scale so maps are comparable: a high percentile of normal R is not
-    # per-pixel, so use the threshold-free fixed scale of the score kind instead.
-    vmax = 1.0 if inspector.model.config.scoring.score == "ssim" else 0.5
+    # One colour scale for every map: full heat where pixels pass what normal images rarely reach.
+    vmax = inspector.map_scale
     base = Path(target) if Path(target).is_dir() else Path(target).parent
     for k, pred in enumerate(tqdm(inspector.predict_files(paths), total=len(paths), desc="predict",
                                   unit="img", disable=not progress)):

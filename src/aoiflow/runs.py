@@ -42,6 +42,7 @@ class Calibration:
     threshold: float
     n_images: int
     a_percentile: float
+    map_high: float | None = None  # 99.9th percentile of the normals' map pixels: the display scale
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

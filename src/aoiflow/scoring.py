@@ -102,11 +102,14 @@ def _safe_std(v: np.ndarray) -> float:
     return s if s > 1e-12 else 1e-12
 
 
-def calibrate(r: np.ndarray, l: np.ndarray, lam: float, percentile: float) -> Calibration:
-    """Normalisation statistics and decision threshold from scores of held-out normal images."""
+def calibrate(r: np.ndarray, l: np.ndarray, lam: float, percentile: float,
+              maps: torch.Tensor | None = None) -> Calibration:
+    """Normalisation statistics and decision threshold from scores of held-out normal images
+    (and, given their maps (N, 1, S, S), the map value that normal pixels rarely exceed)."""
     if len(r) == 0:
         raise ValueError("calibration needs at least one held-out normal image")
-    cal = Calibration(float(np.mean(r)), _safe_std(r), float(np.mean(l)), _safe_std(l), 0.0, len(r), percentile)
+    map_high = float(torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999)) if maps is not None else None
+    cal = Calibration(float(np.mean(r)), _safe_std(r), float(np.mean(l)), _safe_std(l), 0.0, len(r), percentile, map_high)
     cal.threshold = float(np.percentile(combined_score(r, l, cal, lam), percentile))
     return cal
 

@@ -234,7 +234,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
 
     state.generator.eval()
     sc = config.scoring
-    val_scores = score_images(state.generator, val_set.images, sc)
-    calibration = calibrate(val_scores.r, val_scores.l, sc.lam, sc.threshold_percentile)
+    val_scores = score_images(state.generator, val_set.images, sc, keep_maps=True)
+    calibration = calibrate(val_scores.r, val_scores.l, sc.lam, sc.threshold_percentile, val_scores.maps)
     save_checkpoint(ckpt_path, _checkpoint_state(state, config, channels, max(start_epoch, t.epochs), history, split, calibration))
     return ckpt_path
