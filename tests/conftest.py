@@ -31,11 +31,9 @@ def _copy_some(src: Path, dst: Path, n: int) -> list[Path]:
     return [Path(shutil.copy(p, dst / p.name)) for p in files]
 
 
-@pytest.fixture
-def tile_subset(tmp_path: Path) -> Path:
+def make_tile_subset(root: Path) -> Path:
     """A handful of magnetic-tile images in MVTec layout: 12 train, 4 good, 3 blowhole and 3 crack with masks."""
     src = shared_set("magnetictile_tile")
-    root = tmp_path / "tile"
     _copy_some(src / "train" / "good", root / "train" / "good", 12)
     _copy_some(src / "test" / "good", root / "test" / "good", 4)
     for kind in ("blowhole", "crack"):
@@ -46,9 +44,18 @@ def tile_subset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_config():
+def tile_subset(tmp_path: Path) -> Path:
+    return make_tile_subset(tmp_path / "tile")
+
+
+def make_tiny_config():
     """A config that trains in about a second on the CPU."""
     return build_config("ganomaly-ssim-ssim", overrides={
         "model": {"image_size": 32, "base_width": 8, "latent_size": 16},
         "train": {"epochs": 2, "batch_size": 4, "seed": 3, "val_fraction": 0.25},
         "loss": {"ssim_window": 7}, "scoring": {"ssim_window": 7}})
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config()

@@ -14,14 +14,12 @@ from aoiflow.config import PRESET_NAMES, ConfigError, build_config
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="aoiflow: learn normal parts from normal images, flag and locate anything else.")
 
-_KNOWN_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
-
-
 def _known_errors() -> tuple[type[Exception], ...]:
     from aoiflow.data import DataLayoutError, ImageReadError
+    from aoiflow.export import ExportError
     from aoiflow.runs import RunError
 
-    return (ConfigError, DataLayoutError, ImageReadError, RunError)
+    return (ConfigError, DataLayoutError, ImageReadError, RunError, ExportError)
 
 
 def _fail(exc: Exception) -> None:
@@ -95,7 +93,7 @@ def test(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`, or an exported .onnx model"),
     target: Path = typer.Argument(..., help="an image file or a folder of images"),
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv and maps/"),
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
@@ -107,7 +105,7 @@ def predict(
 
     _short_warnings()
     try:
-        inspector = Inspector.from_run(run, threshold)
+        inspector = Inspector.load(run, threshold)
         results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet)
     except _known_errors() as exc:
         _fail(exc)
@@ -116,6 +114,27 @@ def predict(
     typer.echo(f"{len(results) - len(bad)} scored, {flagged} anomalous, {len(bad)} unreadable -> {out / 'predictions.csv'}")
     for r in bad:
         typer.echo(f"skipped {r.path}: {r.reason}", err=True)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output .onnx file (default RUN/model[-int8].onnx)"),
+    fmt: str = typer.Option("onnx", "--format", help="export format (onnx)"),
+    int8: bool = typer.Option(False, "--int8", help="int8 convolutions, calibrated on training normals"),
+    data: Optional[Path] = typer.Option(None, "--data", help="training data root for int8 calibration (default: the run's)"),
+) -> None:
+    """Export the scoring graph (image -> R, L, A, anomaly map) with its calibration in the file."""
+    from aoiflow.export import export_onnx
+
+    if fmt != "onnx":
+        _fail(ValueError(f"--format {fmt!r}: only 'onnx' is supported (OpenVINO reads ONNX files directly)"))
+    target = out or run / ("model-int8.onnx" if int8 else "model.onnx")
+    try:
+        path = export_onnx(run, target, int8=int8, data_root=data)
+    except _known_errors() as exc:
+        _fail(exc)
+    typer.echo(f"exported -> {path}")
 
 
 @app.command()

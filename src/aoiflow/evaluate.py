@@ -100,7 +100,7 @@ def recalibrate(model: TrainedModel, data_root: str | Path, settings: ScoreConfi
     raw = score_images(model.generator, loaded.images, settings, keep_maps=True)
     config = model.config.model_copy(update={"scoring": settings})
     cal = calibrate(raw.r, raw.l, settings.lam, settings.threshold_percentile, raw.maps)
-    return TrainedModel(model.generator, config, model.channels, cal, model.epoch, model.split)
+    return TrainedModel(model.generator, config, model.channels, cal, model.epoch, model.split, model.data_root)
 
 
 def pixel_auroc(ev: Evaluation) -> tuple[float | None, int]:

@@ -3,7 +3,7 @@
 Library use::
 
     from aoiflow.predict import Inspector
-    inspector = Inspector.from_run("runs/tile")
+    inspector = Inspector.load("runs/tile")
     for result in inspector.predict_files(["part.png"]):
         print(result.path, result.a, result.decision)
 """
@@ -42,33 +42,71 @@ class Prediction:
     original: np.ndarray | None = None     # (H, W, C) float in [0, 1]
 
 
-class Inspector:
-    """A trained model plus its calibration, ready to judge images one at a time or in batches."""
+class _TorchBackend:
+    """Scores with the PyTorch generator of a run folder."""
 
-    def __init__(self, model: TrainedModel, threshold: float | None = None) -> None:
-        if model.calibration is None:
+    def __init__(self, model: TrainedModel) -> None:
+        self.config, self.channels, self.calibration = model.config, model.channels, model.calibration
+        self.generator = model.generator
+
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        r, l, amap, _ = score_batch(self.generator, x, self.config.scoring)
+        a = combined_score(r.numpy(), l.numpy(), self.calibration, self.config.scoring.lam)
+        return r.numpy(), l.numpy(), a, amap
+
+
+class _OnnxBackend:
+    """Scores with an exported ONNX graph (R, L, A and the map come out of the graph)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        from aoiflow.export import ExportedModel
+
+        self.model = ExportedModel(path, threads)
+        self.config, self.channels, self.calibration = self.model.config, self.model.channels, self.model.calibration
+
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        r, l, a, amap = self.model.score(x.numpy())
+        return r, l, a, torch.from_numpy(amap)
+
+
+class Inspector:
+    """A trained model (run folder or exported .onnx) plus its calibration, ready to judge images."""
+
+    def __init__(self, backend: _TorchBackend | _OnnxBackend, threshold: float | None = None) -> None:
+        if backend.calibration is None:
             raise RunError("the run has no calibration (training did not finish); resume it with `aoiflow train --resume`")
-        self.model = model
-        self.threshold = model.calibration.threshold if threshold is None else float(threshold)
+        self.backend = backend
+        self.config = backend.config
+        self.channels = backend.channels
+        self.calibration = backend.calibration
+        self.threshold = self.calibration.threshold if threshold is None else float(threshold)
+
+    @classmethod
+    def load(cls, source: str | Path, threshold: float | None = None, threads: int = 2) -> "Inspector":
+        """``source``: a run folder (PyTorch) or an exported ``.onnx`` file (ONNX Runtime)."""
+        source = Path(source)
+        torch.set_num_threads(threads)
+        if source.suffix == ".onnx":
+            return cls(_OnnxBackend(source, threads), threshold)
+        return cls(_TorchBackend(TrainedModel.load(source)), threshold)
 
     @property
     def map_scale(self) -> float:
         """Map value shown at full heat: twice the 99.9th percentile of normal pixels."""
-        high = self.model.calibration.map_high
-        if high:
-            return 2.0 * high
-        return 1.0 if self.model.config.scoring.score == "ssim" else 0.5
+        if self.calibration.map_high:
+            return 2.0 * self.calibration.map_high
+        return 1.0 if self.config.scoring.score == "ssim" else 0.5
 
-    @classmethod
-    def from_run(cls, run_dir: str | Path, threshold: float | None = None) -> "Inspector":
-        return cls(TrainedModel.load(run_dir), threshold)
+    def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """(B, C, S, S) in [0, 1] at the model size -> R, L, A (B,) and map (B, 1, S, S)."""
+        return self.backend.score(x)
 
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16) -> Iterable[Prediction]:
         """Yield one Prediction per file, in order; unreadable files give status 'error'."""
         batch: list[tuple[Path, np.ndarray]] = []
         for p in map(Path, paths):
             try:
-                arr = data.to_channels(data.read_image(p), self.model.channels)
+                arr = data.to_channels(data.read_image(p), self.channels)
             except data.ImageReadError as exc:
                 yield from self._flush(batch)
                 batch = []
@@ -83,12 +121,10 @@ class Inspector:
     def _flush(self, batch: list[tuple[Path, np.ndarray]]) -> Iterable[Prediction]:
         if not batch:
             return
-        cfg = self.model.config
-        size = cfg.model.image_size
+        size = self.config.model.image_size
         x = torch.stack([data.resize_tensor(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None], size)[0]
                          for _, a in batch])
-        r, l, amap, _ = score_batch(self.model.generator, x, cfg.scoring)
-        a = combined_score(r.numpy(), l.numpy(), self.model.calibration, cfg.scoring.lam)
+        r, l, a, amap = self.score_tensor(x)
         for i, (p, arr) in enumerate(batch):
             full = data.resize_tensor(amap[i : i + 1], (arr.shape[0], arr.shape[1]))[0, 0].numpy()
             yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]),

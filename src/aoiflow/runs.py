@@ -71,6 +71,7 @@ class TrainedModel:
     calibration: Calibration | None
     epoch: int
     split: dict[str, list[str]]  # file names of train/val images relative to the data root
+    data_root: str | None = None  # the folder the run was trained on
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainedModel":
@@ -82,7 +83,8 @@ class TrainedModel:
         gen.load_state_dict(state["generator"])
         gen.eval()
         cal = Calibration(**state["calibration"]) if state.get("calibration") else None
-        return cls(gen, config, channels, cal, int(state["epoch"]), state["split"])
+        return cls(gen, config, channels, cal, int(state["epoch"]), state["split"],
+                   state.get("data_root"))
 
 
 def calibration_dict(cal: Calibration) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from aoiflow.config import ScoreConfig
 from aoiflow.model import Generator
@@ -55,17 +56,42 @@ def pool_map(amap: torch.Tensor, pooling: str = "mean", topk_fraction: float = 0
     raise ValueError(f"pooling must be 'mean' or 'topk', got {pooling!r}")
 
 
-@torch.inference_mode()
-def score_batch(
-    generator: Generator, x: torch.Tensor, settings: ScoreConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S)."""
+class ScoringGraph(nn.Module):
+    """Image in, verdict inputs out, in one module (what gets exported).
+
+    forward(x): x (B, C, S, S) in [0, 1] -> R (B,), L (B,), A (B,), map (B, 1, S, S).
+    A uses the calibration's normalisation, stored as buffers so it travels with the graph.
+    """
+
+    def __init__(self, generator: Generator, settings: ScoreConfig, calibration: Calibration) -> None:
+        super().__init__()
+        self.generator = generator.eval()
+        self.settings = settings
+        stats = [calibration.r_mean, calibration.r_std, calibration.l_mean, calibration.l_std]
+        self.register_buffer("stats", torch.tensor(stats, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        r, l, amap, _ = _score(self.generator, x, self.settings)
+        lam = self.settings.lam
+        a = lam * (r - self.stats[0]) / self.stats[1] + (1.0 - lam) * (l - self.stats[2]) / self.stats[3]
+        return r, l, a, amap
+
+
+def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig):
     out = generator(x * 2.0 - 1.0)
     x_hat = (out.reconstruction + 1.0) * 0.5
     amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window)
     r = pool_map(amap, settings.pooling, settings.topk_fraction)
     l = (out.latent - out.latent_hat).pow(2).flatten(1).mean(1)
     return r, l, amap, x_hat
+
+
+@torch.inference_mode()
+def score_batch(
+    generator: Generator, x: torch.Tensor, settings: ScoreConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S)."""
+    return _score(generator, x, settings)
 
 
 def score_images(

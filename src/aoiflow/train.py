@@ -134,7 +134,7 @@ def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: i
         "generator": state.generator.state_dict(), "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
         "sched_g": state.sched_g.state_dict(), "sched_d": state.sched_d.state_dict(),
-        "history": history, "split": split, "torch_rng": torch.get_rng_state(),
+        "history": history, "split": split, "data_root": split.get("root"), "torch_rng": torch.get_rng_state(),
         "calibration": calibration_dict(calibration) if calibration else None,
     }
 
@@ -176,7 +176,8 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     else:
         train_paths, val_paths = split_holdout(all_paths, t.val_fraction, t.seed)
         channels = config.model.channels or data.detect_channels(all_paths)
-        split = {"train": [str(p.relative_to(data_root)) for p in train_paths],
+        split = {"root": str(Path(data_root).resolve()),
+                 "train": [str(p.relative_to(data_root)) for p in train_paths],
                  "val": [str(p.relative_to(data_root)) for p in val_paths]}
     size = config.model.image_size
     train_set = data.load_images(train_paths, channels, size, progress)

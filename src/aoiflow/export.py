@@ -1,0 +1,168 @@
+"""Export a trained run as one ONNX scoring graph (image -> R, L, A, anomaly map), optionally int8.
+
+The graph computes the SSIM or L1 map and the normalised score inside ONNX, and carries the
+settings, channels and calibration (normalisation statistics and threshold) in its metadata, so
+the .onnx file alone is enough to score images. ONNX Runtime is an optional dependency
+(``pip install aoiflow[export]``).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aoiflow import data
+from aoiflow.config import Config
+from aoiflow.fileio import atomic_write
+from aoiflow.runs import Calibration, RunError, TrainedModel
+from aoiflow.scoring import ScoringGraph
+
+METADATA_KEY = "aoiflow"
+OUTPUTS = ["R", "L", "A", "map"]
+
+
+class ExportError(RuntimeError):
+    """Export failed or an exported model cannot be used; the message says why."""
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime: pip install 'aoiflow[export]' ({exc})") from None
+
+
+def _metadata(model: TrainedModel, int8: bool) -> str:
+    return json.dumps({
+        "format": 1, "config": model.config.model_dump(), "channels": model.channels,
+        "calibration": asdict(model.calibration), "epoch": model.epoch, "int8": int8,
+    })
+
+
+def _export_fp32(model: TrainedModel, path: Path) -> None:
+    import onnx
+
+    graph = ScoringGraph(model.generator, model.config.scoring, model.calibration).eval()
+    s = model.config.model.image_size
+    example = (torch.rand(2, model.channels, s, s),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph, example, input_names=["image"], output_names=OUTPUTS,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True, verbose=False)
+    proto = program.model_proto
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda p: onnx.save(proto, p))
+
+
+class _NormalsReader:
+    """Feeds training normals to ONNX Runtime's int8 calibration, a few images at a time."""
+
+    def __init__(self, images: torch.Tensor, batch: int = 8) -> None:
+        self.batches = [images[i : i + batch].numpy() for i in range(0, len(images), batch)]
+
+    def get_next(self):
+        return {"image": self.batches.pop(0)} if self.batches else None
+
+
+def _quantise(fp32: Path, out: Path, normals: torch.Tensor) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    # Only the convolutions are quantised; the SSIM map and scores stay in fp32 so the score
+    # keeps its resolution.
+    def write(p: Path) -> None:
+        prepared = p.with_name(p.name + ".prep.onnx")
+        try:
+            # Shape inference and graph clean-up first, as ONNX Runtime recommends before quantising.
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            _quantise_prepared(prepared, p)
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    def _quantise_prepared(src: Path, p: Path) -> None:
+        quantize_static(str(src), str(p), _NormalsReader(normals), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=["Conv", "ConvTranspose"],
+                        calibrate_method=CalibrationMethod.MinMax)
+
+    atomic_write(out, write)
+
+
+def _set_metadata(path: Path, text: str) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=METADATA_KEY, value=text)
+    atomic_write(path, lambda p: onnx.save(proto, str(p)))
+
+
+def export_onnx(run_dir: str | Path, out_path: str | Path, int8: bool = False,
+                data_root: str | Path | None = None, calibration_images: int = 64) -> Path:
+    """Write the run's scoring graph as ONNX (fp32, or int8 calibrated on training normals).
+
+    int8 calibration reads the run's training normals from ``data_root`` (default: the folder the
+    run was trained on, as stored in the checkpoint).
+    """
+    _require_onnx()
+    model = TrainedModel.load(run_dir)
+    if model.calibration is None:
+        raise RunError(f"{run_dir}: the run has no calibration (training did not finish); resume it first")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not int8:
+        _export_fp32(model, out)
+    else:
+        if not (data_root or model.data_root):
+            raise RunError(f"{run_dir}: the run does not record its training folder; pass --data DATA for int8 calibration")
+        root = Path(data_root or model.data_root)
+        paths = [root / p for p in model.split["train"][:calibration_images]]
+        normals = data.load_images(paths, model.channels, model.config.model.image_size).images
+        if len(normals) == 0:
+            raise data.DataLayoutError(f"{root}: int8 calibration needs the run's training images; pass --data DATA")
+        tmp = out.with_name(out.stem + ".fp32.tmp.onnx")
+        try:
+            _export_fp32(model, tmp)
+            _quantise(tmp, out, normals)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _set_metadata(out, _metadata(model, int8))
+    return out
+
+
+class ExportedModel:
+    """An exported .onnx scoring graph with its settings and calibration, run by ONNX Runtime."""
+
+    def __init__(self, path: str | Path, threads: int = 2) -> None:
+        _require_onnx()
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError(f"{self.path}: exported model not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ExportError(f"{self.path}: not a usable ONNX model ({exc})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if meta is None:
+            raise ExportError(f"{self.path}: no aoiflow metadata; export it with `aoiflow export`")
+        info = json.loads(meta)
+        self.config = Config.model_validate(info["config"])
+        self.channels = int(info["channels"])
+        self.calibration = Calibration(**info["calibration"])
+        self.int8 = bool(info["int8"])
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(B, C, S, S) float32 in [0, 1] -> R (B,), L (B,), A (B,), map (B, 1, S, S)."""
+        r, l, a, amap = self.session.run(OUTPUTS, {"image": np.ascontiguousarray(x, dtype=np.float32)})
+        return r, l, a, amap
