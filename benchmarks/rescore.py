@@ -25,18 +25,20 @@ def main() -> None:
     ap.add_argument("--scores", nargs="+", default=["l1", "ssim"])
     ap.add_argument("--poolings", nargs="+", default=["mean", "topk"])
     ap.add_argument("--lams", nargs="+", type=float, default=None)
+    ap.add_argument("--sigmas", nargs="+", type=float, default=[0.0], help="map smoothing sigmas (pixels)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = TrainedModel.load(args.run)
     lams = args.lams or [model.config.scoring.lam]
     print(f"run {args.run} (epoch {model.epoch}, preset {model.config.preset})")
-    print("| score | pooling | λ | image AUROC | pixel AUROC | AUROC R | AUROC L |")
-    print("|---|---|---|---|---|---|---|")
-    for score, pooling, lam in itertools.product(args.scores, args.poolings, lams):
-        settings = model.config.scoring.model_copy(update={"score": score, "pooling": pooling, "lam": lam})
+    print("| score | pooling | λ | map σ | image AUROC | pixel AUROC | AUROC R | AUROC L |")
+    print("|---|---|---|---|---|---|---|---|")
+    for score, pooling, lam, sigma in itertools.product(args.scores, args.poolings, lams, args.sigmas):
+        settings = model.config.scoring.model_copy(
+            update={"score": score, "pooling": pooling, "lam": lam, "map_sigma": sigma})
         m = compute_metrics(run_evaluation(recalibrate(model, args.data, settings), args.data, progress=False))
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"| {score} | {pooling} | {lam} | {fmt(m['image_auroc'])} | {fmt(m['pixel_auroc'])} | "
+        print(f"| {score} | {pooling} | {lam} | {sigma} | {fmt(m['image_auroc'])} | {fmt(m['pixel_auroc'])} | "
               f"{fmt(m['image_auroc_R_only'])} | {fmt(m['image_auroc_L_only'])} |", flush=True)
 
 

@@ -46,3 +46,14 @@ def test_maps_and_pooling():
 def test_score_config_validates():
     with pytest.raises(ValueError):
         ScoreConfig(pooling="median")
+
+
+def test_map_smoothing_spreads_a_spike_and_keeps_its_mass():
+    x = torch.zeros(1, 1, 32, 32)
+    y = x.clone()
+    y[0, 0, 16, 16] = 1.0
+    raw = anomaly_map(x, y, "l1")
+    smooth = anomaly_map(x, y, "l1", sigma=2.0)
+    assert smooth.shape == raw.shape
+    assert float(smooth.max()) < 0.1 and float(smooth[0, 0, 16, 16]) == float(smooth.max())
+    assert float(smooth.sum()) == pytest.approx(1.0, rel=1e-4)

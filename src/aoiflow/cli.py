@@ -117,6 +117,39 @@ def predict(
 
 
 @app.command()
+def prelabel(
+    run: Path = typer.Argument(..., help="run folder, or an exported .onnx model"),
+    images: Path = typer.Argument(..., help="an image file or a folder of images"),
+    out: Path = typer.Option(..., "--out", help="folder for label files and review sheets"),
+    fmt: list[str] = typer.Option(["labelme"], "--format", help="labelme, voc, coco, yolo or mask (repeatable)"),
+    pixel_threshold: Optional[float] = typer.Option(None, help="map value above which a pixel is defect (default: the run's)"),
+    threshold: Optional[float] = typer.Option(None, help="image threshold on A (default: the run's)"),
+    min_area: float = typer.Option(4.0, help="smallest region, in model-input pixels"),
+    opening: int = typer.Option(0, help="morphological opening radius in image pixels (0 = off)"),
+    closing: int = typer.Option(0, help="morphological closing radius in image pixels (0 = off)"),
+    label: str = typer.Option("defect", help="class name given to every region"),
+    no_review: bool = typer.Option(False, "--no-review", help="skip the review sheet PNGs"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Turn anomaly maps into label files (LabelMe/VOC/COCO/YOLO/masks) and review sheets."""
+    from aoiflow.predict import Inspector
+    from aoiflow.prelabel import default_region_settings, prelabel_folder
+
+    _short_warnings()
+    try:
+        inspector = Inspector.load(run, threshold)
+        settings = default_region_settings(inspector, pixel_threshold, min_area=min_area, opening=opening,
+                                           closing=closing, label=label)
+        summary = prelabel_folder(inspector, images, out, fmt, settings, review=not no_review, progress=not quiet)
+    except (*_known_errors(), ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"{summary['images']} images, {summary['anomalous']} judged anomalous, {summary['regions']} regions "
+               f"-> {out} ({', '.join(fmt)})")
+    for path, why in summary["errors"]:
+        typer.echo(f"skipped {path}: {why}", err=True)
+
+
+@app.command()
 def export(
     run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .onnx file (default RUN/model[-int8].onnx)"),

@@ -66,6 +66,9 @@ class ScoreConfig(_Section):
     # How the map becomes R: 'mean' over all pixels (the paper), or the mean of the top
     # `topk_fraction` of pixels, which keeps a small defect from being averaged away.
     pooling: Literal["mean", "topk"] = "mean"
+    # Gaussian smoothing of the anomaly map (sigma in model-input pixels; 0 = none): turns
+    # speckle into coherent regions for localisation and pre-labels.
+    map_sigma: float = Field(2.0, ge=0, le=16)
     topk_fraction: float = Field(0.01, gt=0, le=1)
     threshold_percentile: float = Field(99.0, gt=0, le=100)
 

@@ -138,6 +138,7 @@ class Sample:
     label: int
     defect_type: str
     mask_path: Path | None = None
+    boxes_path: Path | None = None  # annotations_bbox/<type>/<stem>.txt, boxes "x1 y1 x2 y2 [type]"
 
 
 @dataclass
@@ -213,10 +214,12 @@ def test_samples(root: str | Path) -> list[Sample]:
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         kind = type_dir.name
         gt_dir = Path(root) / "ground_truth" / kind
+        box_dir = Path(root) / "annotations_bbox" / kind
         images = list_images(type_dir)
         for img in images:
             mask = _find_mask(gt_dir, img.stem) if kind != NORMAL_LABEL else None
-            samples.append(Sample(img, int(kind != NORMAL_LABEL), kind, mask))
+            boxes = box_dir / f"{img.stem}.txt"
+            samples.append(Sample(img, int(kind != NORMAL_LABEL), kind, mask, boxes if boxes.is_file() else None))
         _warn_orphan_masks(gt_dir, {p.stem for p in images})
     if not samples:
         raise DataLayoutError(f"{test_dir}: contains no images")

@@ -40,6 +40,8 @@ class Evaluation:
     threshold: float
     skipped: list[tuple[Path, str]]
     ms_per_image: float
+    original_sizes: list[tuple[int, int]]
+    pixel_threshold: float | None
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -86,6 +88,7 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
         samples, loaded.images, raw.reconstructions, raw.maps, _load_masks(samples, cfg.model.image_size),
         raw.r, raw.l, a, minmax_score(raw.r, raw.l, cfg.scoring.lam),
         model.calibration.threshold if threshold is None else threshold, loaded.skipped, ms,
+        [loaded.original_sizes[loaded.paths.index(s.path)] for s in samples], model.calibration.map_high,
     )
 
 
@@ -114,6 +117,57 @@ def pixel_auroc(ev: Evaluation) -> tuple[float | None, int]:
     return _auroc(y.astype(np.uint8), s), len(use)
 
 
+def localisation_metrics(ev: Evaluation, min_area: float = 4.0) -> dict:
+    """PRO (to 30 % FPR), region precision/recall/F1 at IoU 0.1 and 0.5 and the edits-per-image
+    proxy where masks exist; box precision/recall at IoU 0.5 where boxes exist. Regions come from
+    images judged anomalous, at the stored pixel threshold, as ``aoiflow prelabel`` makes them."""
+    from aoiflow.localisation import MatchCounts, box_iou, components, edits_needed, mask_iou, match, pro_score, read_boxes
+    from aoiflow.prelabel import RegionSettings, find_regions
+
+    out: dict = {}
+    with_mask = [i for i, m in enumerate(ev.masks) if m is not None]
+    if any(ev.samples[i].label for i in with_mask):
+        out["pro_30"] = pro_score([ev.maps[i, 0].numpy() for i in with_mask], [ev.masks[i] for i in with_mask])
+    if ev.pixel_threshold is None:
+        return out
+    settings = RegionSettings(ev.pixel_threshold, min_area)
+    size = ev.maps.shape[-1]
+    regions = [find_regions(ev.maps[i, 0].numpy(), settings, size) if ev.a[i] > ev.threshold else []
+               for i in range(len(ev.samples))]
+    if with_mask and any(ev.samples[i].label for i in with_mask):
+        counts = {0.1: MatchCounts(), 0.5: MatchCounts()}
+        edits, scratch = [], []
+        for i in with_mask:
+            truth = components(ev.masks[i])
+            ious = np.array([[mask_iou(r.mask, t) for t in truth] for r in regions[i]]).reshape(len(regions[i]), len(truth))
+            for t, c in counts.items():
+                c.add(len(regions[i]), len(truth), len(match(ious, t)))
+            edits.append(edits_needed(ious))
+            scratch.append(len(truth))
+        out["regions_iou_0.1"] = counts[0.1].summary()
+        out["regions_iou_0.5"] = counts[0.5].summary()
+        out["edits_per_image_with_prelabels"] = float(np.mean(edits))
+        out["edits_per_image_from_scratch"] = float(np.mean(scratch))
+    boxed = [i for i, s in enumerate(ev.samples) if s.boxes_path is not None or s.label == 0]
+    if any(ev.samples[i].boxes_path for i in boxed):
+        c = MatchCounts()
+        edits, scratch = [], []
+        for i in boxed:
+            truth = read_boxes(ev.samples[i].boxes_path) if ev.samples[i].boxes_path else []
+            h, w = ev.original_sizes[i]
+            sx, sy = w / size, h / size
+            pred = [(int(r.box[0] * sx), int(r.box[1] * sy), int((r.box[2] + 1) * sx) - 1, int((r.box[3] + 1) * sy) - 1)
+                    for r in regions[i]]
+            ious = np.array([[box_iou(p, t) for t in truth] for p in pred]).reshape(len(pred), len(truth))
+            c.add(len(pred), len(truth), len(match(ious, 0.5)))
+            edits.append(edits_needed(ious))
+            scratch.append(len(truth))
+        out["boxes_iou_0.5"] = c.summary()
+        out["box_edits_per_image_with_prelabels"] = float(np.mean(edits))
+        out["box_edits_per_image_from_scratch"] = float(np.mean(scratch))
+    return out
+
+
 def compute_metrics(ev: Evaluation) -> dict:
     labels = np.array([s.label for s in ev.samples])
     decisions = (ev.a > ev.threshold).astype(int)
@@ -137,6 +191,7 @@ def compute_metrics(ev: Evaluation) -> dict:
         "false_positive_rate_at_threshold": float(decisions[labels == 0].mean()) if (labels == 0).any() else None,
         "recall_at_threshold": float(decisions[labels == 1].mean()) if (labels == 1).any() else None,
         "per_defect_type": per_type,
+        "localisation": localisation_metrics(ev),
         "counts": {"normal": int((labels == 0).sum()), "anomalous": int((labels == 1).sum()),
                    "skipped": len(ev.skipped)},
         "skipped": [{"path": str(p), "reason": why} for p, why in ev.skipped],

@@ -21,7 +21,7 @@ from torch import nn
 from aoiflow.config import ScoreConfig
 from aoiflow.model import Generator
 from aoiflow.runs import Calibration
-from aoiflow.ssim import ssim_map
+from aoiflow.ssim import gaussian_blur, ssim_map
 
 ScoreKind = Literal["l1", "ssim"]
 
@@ -36,13 +36,17 @@ class RawScores:
     reconstructions: torch.Tensor | None = None
 
 
-def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, kind: ScoreKind, window: int = 11) -> torch.Tensor:
-    """Per-pixel dissimilarity of (B, C, H, W) images in [0, 1] -> (B, 1, H, W), channel-averaged."""
+def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, kind: ScoreKind, window: int = 11,
+                sigma: float = 0.0) -> torch.Tensor:
+    """Per-pixel dissimilarity of (B, C, H, W) images in [0, 1] -> (B, 1, H, W), channel-averaged,
+    optionally Gaussian-smoothed with ``sigma`` pixels."""
     if kind == "l1":
-        return (x - x_hat).abs().mean(1, keepdim=True)
-    if kind == "ssim":
-        return (1.0 - ssim_map(x, x_hat, window)).mean(1, keepdim=True)
-    raise ValueError(f"score must be 'l1' or 'ssim', got {kind!r}")
+        amap = (x - x_hat).abs().mean(1, keepdim=True)
+    elif kind == "ssim":
+        amap = (1.0 - ssim_map(x, x_hat, window)).mean(1, keepdim=True)
+    else:
+        raise ValueError(f"score must be 'l1' or 'ssim', got {kind!r}")
+    return gaussian_blur(amap, sigma)
 
 
 def pool_map(amap: torch.Tensor, pooling: str = "mean", topk_fraction: float = 0.01) -> torch.Tensor:
@@ -80,7 +84,7 @@ class ScoringGraph(nn.Module):
 def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig):
     out = generator(x * 2.0 - 1.0)
     x_hat = (out.reconstruction + 1.0) * 0.5
-    amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window)
+    amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window, settings.map_sigma)
     r = pool_map(amap, settings.pooling, settings.topk_fraction)
     l = (out.latent - out.latent_hat).pow(2).flatten(1).mean(1)
     return r, l, amap, x_hat

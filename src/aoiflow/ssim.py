@@ -7,6 +7,8 @@ padded one pixel more on the bottom/right so the map keeps the input's size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,15 @@ def gaussian_window(size: int, sigma: float = 1.5, dtype: torch.dtype = torch.fl
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2.0
     g = torch.exp(-(coords**2) / (2.0 * sigma**2))
     return g / g.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (B, C, H, W) with a window of 2 * ceil(3 * sigma) + 1 taps, 'same' size."""
+    if sigma <= 0:
+        return x
+    size = 2 * int(math.ceil(3 * sigma)) + 1
+    size = min(size, 2 * (min(x.shape[-2:]) // 2) - 1)  # reflect padding needs the window inside the image
+    return _blur(x, gaussian_window(size, sigma, x.dtype).to(x.device))
 
 
 def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -199,7 +199,8 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         state.sched_d.load_state_dict(previous["sched_d"])
         history = list(previous["history"])
         start_epoch = int(previous["epoch"])
-        torch.set_rng_state(previous["torch_rng"])
+        if "torch_rng" in previous:
+            torch.set_rng_state(previous["torch_rng"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / CONFIG)
