@@ -98,6 +98,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv and maps/"),
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
     no_maps: bool = typer.Option(False, "--no-maps", help="skip writing anomaly-map PNGs"),
+    raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Judge new images: OUT/predictions.csv (path, R, L, A, decision) and OUT/maps/*.png."""
@@ -106,12 +107,12 @@ def predict(
     _short_warnings()
     try:
         inspector = Inspector.load(run, threshold)
-        results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet)
+        results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet, raw=raw)
     except _known_errors() as exc:
         _fail(exc)
     bad = [r for r in results if r.status != "ok"]
     flagged = sum(r.decision == "anomalous" for r in results)
-    typer.echo(f"{len(results) - len(bad)} scored, {flagged} anomalous, {len(bad)} unreadable -> {out / 'predictions.csv'}")
+    typer.echo(f"{len(results) - len(bad)} scored, {flagged} anomalous, {len(bad)} not scored -> {out / 'predictions.csv'}")
     for r in bad:
         typer.echo(f"skipped {r.path}: {r.reason}", err=True)
 
@@ -150,6 +151,49 @@ def prelabel(
 
 
 @app.command()
+def preprocess(
+    raw: Path = typer.Argument(..., help="folder of raw frames (an MVTec tree keeps its layout; masks follow)"),
+    out: Path = typer.Argument(..., help="output folder for surface maps and outlines.csv"),
+    config: Optional[Path] = ConfigOpt,
+    size: Optional[int] = typer.Option(None, help="output surface-map size in pixels"),
+    margin: Optional[float] = typer.Option(None, help="margin around the part, fraction of its side"),
+    threshold: Optional[str] = typer.Option(None, help="'otsu' or a fixed grey level 0-255"),
+    orient: Optional[str] = typer.Option(None, help="'dark_corner' (turn the dark mark top-left) or 'none'"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Raw frames -> canonical, gamma-normalised surface maps; OUT/outlines.csv lists every frame."""
+    from aoiflow.preprocess import preprocess_folder
+
+    _short_warnings()
+    thr = int(threshold) if threshold and threshold.isdigit() else threshold
+    try:
+        cfg = build_config(config_file=config, overrides={"preprocess": {
+            "size": size, "margin": margin, "threshold": thr, "orient": orient}}).preprocess
+        counts = preprocess_folder(raw, out, cfg, progress=not quiet)
+    except _known_errors() as exc:
+        _fail(exc)
+    typer.echo(f"{counts['ok']} frames preprocessed, {counts['skipped']} skipped, {counts['error']} unreadable "
+               f"-> {out} (see {out / 'outlines.csv'})")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="output folder (MVTec layout)"),
+    scale: float = typer.Option(1.0, help="fraction of the reference split (500 train / 600 test frames)"),
+    severity: float = typer.Option(1.0, help="defect strength (1 = default)"),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Generate 1280x1024 LED frames with plate-rift, unclean and glue-overflow defects and masks."""
+    from aoiflow.ledsynth import make_led_dataset
+
+    if scale <= 0 or severity <= 0:
+        _fail(ValueError("--scale and --severity must be positive"))
+    make_led_dataset(out, scale=scale, seed=seed, severity=severity, progress=not quiet)
+    typer.echo(f"frames -> {out}")
+
+
+@app.command()
 def export(
     run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .onnx file (default RUN/model[-int8].onnx)"),
@@ -172,31 +216,17 @@ def export(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="folder for the generated data, run and report"),
-    epochs: int = typer.Option(15, help="training epochs"),
+    out: Path = typer.Option(Path("demo_out"), "--out", help="folder for frames, surfaces, runs and the report"),
+    scale: float = typer.Option(0.2, help="fraction of the reference LED split to generate"),
+    epochs: int = typer.Option(40, help="training epochs per preset"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """End to end on generated surface images: make data, train, evaluate, write an HTML report."""
-    import shutil
-
-    from aoiflow.evaluate import evaluate
-    from aoiflow.synth import make_surface_dataset
-    from aoiflow.train import fit
+    """The whole line on generated LED frames: generate, preprocess, train 3 presets, evaluate, report."""
+    from aoiflow.demo import run_led_demo
 
     _short_warnings()
-    data_dir, run_dir = out / "data", out / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    if not (data_dir / "train").is_dir():
-        typer.echo(f"generating surface images -> {data_dir}")
-        make_surface_dataset(data_dir)
-    cfg = build_config("ganomaly-ssim-ssim", overrides={
-        "model": {"image_size": 64, "base_width": 32}, "train": {"epochs": epochs, "batch_size": 8, "lr": 5e-4}})
-    typer.echo("training ganomaly-ssim-ssim (demo budget: 64 px, width 32) ...")
-    fit(data_dir, run_dir, cfg, progress=not quiet)
-    metrics = evaluate(run_dir, data_dir, progress=not quiet)
-    typer.echo(f"image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}")
-    typer.echo(f"report: {run_dir / 'eval' / 'report.html'}")
+    report = run_led_demo(out, scale=scale, epochs=epochs, progress=not quiet, log=typer.echo)
+    typer.echo(f"report: {report}")
 
 
 def main() -> None:

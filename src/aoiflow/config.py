@@ -73,12 +73,35 @@ class ScoreConfig(_Section):
     threshold_percentile: float = Field(99.0, gt=0, le=100)
 
 
+class PreprocessConfig(_Section):
+    """Raw frame -> canonical surface map (see aoiflow.preprocess). ``enabled`` is set on a run
+    trained on preprocessed data, so ``predict --raw`` applies the same steps to raw frames."""
+
+    enabled: bool = False
+    threshold: Literal["otsu"] | int = "otsu"
+    dark_part: bool = False       # the part is darker than its background
+    margin: float = Field(0.22, ge=0, le=1)  # added on each side, fraction of the part's side
+    size: int = Field(256, ge=16, le=4096)
+    orient: Literal["none", "dark_corner"] = "dark_corner"
+    target_inside: float = Field(0.5, gt=0, lt=1)
+    target_outside: float = Field(0.2, gt=0, lt=1)
+    min_part_fraction: float = Field(0.005, gt=0, lt=1)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, v):
+        if isinstance(v, int) and not 0 <= v <= 255:
+            raise ValueError(f"a fixed threshold must be 0-255, got {v}")
+        return v
+
+
 class Config(_Section):
     preset: str | None = None
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     scoring: ScoreConfig = ScoreConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
 
 
 _PRESETS: dict[str, dict[str, Any]] = {

@@ -21,6 +21,7 @@ import torch
 
 from aoiflow import data
 from aoiflow.fileio import atomic_write, atomic_write_text
+from aoiflow.preprocess import SkippedFrame, preprocess_frame
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.scoring import combined_score, score_batch
 
@@ -101,34 +102,50 @@ class Inspector:
         """(B, C, S, S) in [0, 1] at the model size -> R, L, A (B,) and map (B, 1, S, S)."""
         return self.backend.score(x)
 
-    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16) -> Iterable[Prediction]:
-        """Yield one Prediction per file, in order; unreadable files give status 'error'."""
-        batch: list[tuple[Path, np.ndarray]] = []
+    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, raw: bool = False) -> Iterable[Prediction]:
+        """Yield one Prediction per file, in order; unreadable files give status 'error'.
+
+        ``raw=True``: the files are raw camera frames; the run's preprocessing turns each into its
+        surface map first (frames without a usable part get status 'skipped'), and the anomaly
+        map is carried back onto the frame.
+        """
+        if raw and not self.config.preprocess.enabled:
+            raise RunError("this run was not trained on preprocessed frames, so it has no preprocessing to apply to raw frames")
+        batch: list[tuple[Path, np.ndarray, object]] = []
         for p in map(Path, paths):
             try:
-                arr = data.to_channels(data.read_image(p), self.channels)
-            except data.ImageReadError as exc:
+                frame = data.read_image(p)
+                surface = preprocess_frame(frame, self.config.preprocess) if raw else None
+            except (data.ImageReadError, SkippedFrame) as exc:
                 yield from self._flush(batch)
                 batch = []
-                yield Prediction(p, "error", exc.problem)
+                is_read = isinstance(exc, data.ImageReadError)
+                yield Prediction(p, "error" if is_read else "skipped", exc.problem if is_read else exc.reason)
                 continue
-            batch.append((p, arr))
+            model_input = surface.image[..., None] if surface is not None else frame
+            batch.append((p, data.to_channels(model_input, self.channels), (frame, surface)))
             if len(batch) >= batch_size:
                 yield from self._flush(batch)
                 batch = []
         yield from self._flush(batch)
 
-    def _flush(self, batch: list[tuple[Path, np.ndarray]]) -> Iterable[Prediction]:
+    def _flush(self, batch: list) -> Iterable[Prediction]:
         if not batch:
             return
         size = self.config.model.image_size
         x = torch.stack([data.resize_tensor(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None], size)[0]
-                         for _, a in batch])
+                         for _, a, _ in batch])
         r, l, a, amap = self.score_tensor(x)
-        for i, (p, arr) in enumerate(batch):
-            full = data.resize_tensor(amap[i : i + 1], (arr.shape[0], arr.shape[1]))[0, 0].numpy()
+        for i, (p, arr, (frame, surface)) in enumerate(batch):
+            if surface is None:
+                full = data.resize_tensor(amap[i : i + 1], (arr.shape[0], arr.shape[1]))[0, 0].numpy()
+            else:  # back through the preprocessing warp onto the raw frame
+                s = surface.image.shape[0]
+                canonical = data.resize_tensor(amap[i : i + 1], s)[0, 0].numpy()
+                full = surface.to_frame(canonical, frame.shape[:2])
             yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]),
-                             "anomalous" if a[i] > self.threshold else "normal", full, arr)
+                             "anomalous" if a[i] > self.threshold else "normal", full,
+                             data.to_channels(frame, self.channels) if surface is not None else arr)
 
 
 def collect_inputs(target: str | Path) -> list[Path]:
@@ -160,7 +177,7 @@ def overlay_png(original: np.ndarray, amap: np.ndarray, vmax: float, path: Path)
 
 
 def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | Path,
-                      write_maps: bool = True, progress: bool = True) -> list[Prediction]:
+                      write_maps: bool = True, progress: bool = True, raw: bool = False) -> list[Prediction]:
     """``aoiflow predict``: map PNGs under OUT/maps and OUT/predictions.csv (rewritten as it goes)."""
     from tqdm import tqdm
 
@@ -172,7 +189,7 @@ def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | P
     # One colour scale for every map: full heat where pixels pass what normal images rarely reach.
     vmax = inspector.map_scale
     base = Path(target) if Path(target).is_dir() else Path(target).parent
-    for k, pred in enumerate(tqdm(inspector.predict_files(paths), total=len(paths), desc="predict",
+    for k, pred in enumerate(tqdm(inspector.predict_files(paths, raw=raw), total=len(paths), desc="predict",
                                   unit="img", disable=not progress)):
         map_name = ""
         if pred.status == "ok" and write_maps:

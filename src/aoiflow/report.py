@@ -101,6 +101,12 @@ def html_report(eval_dir: Path, metrics: dict, title: str = "aoiflow evaluation"
         for k in ("image_auroc", "pixel_auroc", "f1_at_threshold", "recall_at_threshold",
                   "false_positive_rate_at_threshold", "threshold", "ms_per_image")
     )
+    loc = metrics.get("localisation") or {}
+    loc_rows = "".join(f"<tr><td>{k}</td><td>{fmt(v)}</td></tr>" for k, v in loc.items() if not isinstance(v, dict))
+    loc_rows += "".join(
+        f"<tr><td>{k}</td><td>precision {fmt(v['precision'])}, recall {fmt(v['recall'])}, F1 {fmt(v['f1'])} "
+        f"({v['matched']} of {v['truth']} true regions matched, {v['predicted']} predicted)</td></tr>"
+        for k, v in loc.items() if isinstance(v, dict))
     skipped = "".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in metrics.get("skipped", []))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -110,10 +116,91 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:10
 preset <b>{html.escape(str(metrics.get('preset')))}</b>, {metrics['counts']['normal']} normal / {metrics['counts']['anomalous']} anomalous test images.</p>
 <h2>Summary</h2><table>{summary}</table>
 <h2>Per defect type</h2><table><tr><th>type</th><th>image AUROC</th><th>images</th><th>recall at threshold</th></tr>{rows}</table>
+{f'<h2>Localisation</h2><table>{loc_rows}</table>' if loc_rows else ''}
 <div><img src="roc.png"><img src="score_hist.png"></div>
 <h2>Examples</h2><img src="panel.png">
 {f'<h2>Skipped files</h2><ul>{skipped}</ul>' if skipped else ''}
 </body></html>"""
     path = Path(eval_dir) / "report.html"
+    atomic_write(path, lambda p: p.write_text(page))
+    return path
+
+
+def line_report(out: Path, results: list[dict], baseline: dict[str, float]) -> Path:
+    """One HTML page comparing presets on one set: table, ROC curves, histograms, image panels.
+
+    ``results``: per preset {"preset", "metrics", "train_s", "ms_b1", "evaluation"}.
+    """
+    import html
+
+    from aoiflow.scoring import anomaly_map
+
+    out = Path(out)
+    kinds = sorted({k for r in results for k in r["metrics"]["per_defect_type"]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in results:
+        ev = r["evaluation"]
+        labels = np.array([s.label for s in ev.samples])
+        fpr, tpr, _ = roc_curve(labels, ev.a)
+        axes[0].plot(fpr, tpr, lw=2, label=f"{r['preset']} ({roc_auc_score(labels, ev.a):.3f})")
+    axes[0].plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[1].axis("off")
+    _save(fig, out / "roc_all.png")
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        ev = r["evaluation"]
+        labels = np.array([s.label for s in ev.samples])
+        bins = np.histogram_bin_edges(ev.a, bins=30)
+        ax.hist(ev.a[labels == 0], bins=bins, alpha=0.6, label="normal")
+        ax.hist(ev.a[labels == 1], bins=bins, alpha=0.6, label="anomalous", color="tab:red")
+        ax.axvline(ev.threshold, color="black", ls="--", lw=1)
+        ax.set(title=r["preset"], xlabel="A (normalised)")
+        ax.legend(fontsize=8)
+    _save(fig, out / "hist_all.png")
+
+    ref = results[-1]["evaluation"]  # panels from the last preset (SSIM-SSIM in the demo)
+    rows = []
+    for kind in kinds:
+        idx = [i for i, s in enumerate(ref.samples) if s.defect_type == kind]
+        rows.append(max(idx, key=lambda i: ref.a[i]))
+    fig, axes = plt.subplots(len(rows), 5, figsize=(10, 2.1 * len(rows)), squeeze=False)
+    for row, i in enumerate(rows):
+        x, xh = ref.images[i : i + 1], ref.reconstructions[i : i + 1]
+        l1 = anomaly_map(x, xh, "l1")[0, 0].numpy()
+        ss = anomaly_map(x, xh, "ssim")[0, 0].numpy()
+        grey = dict(cmap="gray", vmin=0, vmax=1)
+        _show(axes[row, 0], _as_display(ref.images[i]), f"{ref.samples[i].defect_type}", **grey)
+        _show(axes[row, 1], _as_display(ref.reconstructions[i]), "reconstruction", **grey)
+        _show(axes[row, 2], l1, "L1 map", cmap="inferno")
+        _show(axes[row, 3], ss, "SSIM map", cmap="inferno")
+        m = ref.masks[i]
+        _show(axes[row, 4], np.zeros_like(l1) if m is None else m.astype(float), "ground truth", **grey)
+    _save(fig, out / "panels.png")
+
+    def f(v) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
+    body = "".join(
+        f"<tr><td>{html.escape(r['preset'])}</td><td><b>{f(r['metrics']['image_auroc'])}</b></td>"
+        + "".join(f"<td>{f(r['metrics']['per_defect_type'].get(k, {}).get('image_auroc'))}</td>" for k in kinds)
+        + f"<td>{f(r['metrics']['pixel_auroc'])}</td><td>{r['ms_b1']:.1f}</td><td>{r['train_s']:.0f}</td></tr>"
+        for r in results)
+    body += (f"<tr><td>baseline: |x − mean normal|</td><td>{f(baseline['all'])}</td>"
+             + "".join(f"<td>{f(baseline.get(k))}</td>" for k in kinds) + "<td>–</td><td>–</td><td>–</td></tr>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>aoiflow LED line</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px}}img{{max-width:100%;margin:6px 0}}</style></head><body>
+<h1>aoiflow: LED inspection line (generated frames)</h1>
+<p>Frames generated, preprocessed to surface maps, three GANomaly presets trained and scored on the same test frames.
+Per-run details: <code>runs/&lt;preset&gt;/eval/report.html</code>.</p>
+<table><tr><th>preset</th><th>image AUROC</th>{head}<th>pixel AUROC</th><th>ms/frame (batch 1, CPU)</th><th>train s</th></tr>{body}</table>
+<h2>ROC curves</h2><img src="roc_all.png"><h2>Score histograms</h2><img src="hist_all.png">
+<h2>Per defect kind: real, reconstruction, L1 map, SSIM map ({html.escape(results[-1]['preset'])})</h2><img src="panels.png">
+</body></html>"""
+    path = out / "report.html"
     atomic_write(path, lambda p: p.write_text(page))
     return path

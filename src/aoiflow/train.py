@@ -139,6 +139,17 @@ def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: i
     }
 
 
+def _with_data_preprocessing(config: Config, data_root: Path) -> Config:
+    """A folder written by ``aoiflow preprocess`` carries its settings (preprocess.yaml); the run
+    records them so ``predict --raw`` can apply the same steps to raw frames."""
+    from aoiflow.config import load_config
+
+    spec = data_root / "preprocess.yaml"
+    if config.preprocess.enabled or not spec.is_file():
+        return config
+    return config.model_copy(update={"preprocess": load_config(spec).preprocess})
+
+
 def _same_shape(a: Config, b: Config) -> bool:
     keep = ("image_size", "latent_size", "base_width")
     return all(getattr(a.model, k) == getattr(b.model, k) for k in keep)
@@ -153,6 +164,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
+    config = _with_data_preprocessing(config, Path(data_root))
     t = config.train
     seed_everything(t.seed, t.threads)
     ckpt_path = run_dir / CHECKPOINT
