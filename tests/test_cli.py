@@ -76,3 +76,42 @@ def test_bad_input_gives_a_clear_error(tmp_path, args, needle):
     result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 2
     assert needle in result.output
+
+
+def test_led_line_raw_frames_to_verdicts(tmp_path):
+    raw, surfaces = tmp_path / "raw", tmp_path / "surfaces"
+    assert runner.invoke(app, ["synth", str(raw), "--scale", "0.03", "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["preprocess", str(raw), str(surfaces), "--size", "64", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "0 skipped" in result.output
+    result = runner.invoke(app, ["train", str(surfaces), "--out", str(tmp_path / "run"), "--preset", "ganomaly-l1-l1",
+                                 "--image-size", "32", "--base-width", "8", "--epochs", "1", "--batch-size", "4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["preprocess"]["enabled"] and saved["preprocess"]["size"] == 64
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in sorted((raw / "test").rglob("*.png"))[:2]:
+        (frames / p.name).write_bytes(p.read_bytes())
+    from PIL import Image
+
+    Image.new("L", (400, 300), 30).save(frames / "zz_blank.png")
+    result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(frames), "--out", str(tmp_path / "pred"), "--raw", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok", "skipped"] and rows[2]["reason"].startswith("no part found")
+    overlay = Image.open(tmp_path / "pred" / rows[0]["map"])
+    assert overlay.size == (2 * 1280, 1024)  # frame and map, side by side, on the raw frame's grid
+
+
+def test_demo_runs_the_whole_line(tmp_path):
+    from aoiflow.demo import run_led_demo
+
+    report = run_led_demo(tmp_path / "demo", scale=0.02, epochs=1, base_width=8, progress=False, log=lambda *_: None)
+    text = report.read_text()
+    for preset in ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim"):
+        assert preset in text and (tmp_path / "demo" / "runs" / preset / "eval" / "metrics.json").is_file()
+    for name in ("roc_all.png", "hist_all.png", "panels.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    assert "baseline" in text and "glue_overflow" in text

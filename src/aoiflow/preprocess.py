@@ -79,6 +79,8 @@ def find_part(grey: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.n
     """The part's outer contour (N, 1, 2) and its filled mask (H, W) uint8; SkippedFrame if none."""
     h, w = grey.shape
     smooth = cv2.GaussianBlur(grey, (0, 0), 2)
+    if float(smooth.std()) < 2.0:
+        raise SkippedFrame("no part found (the frame has no contrast)")
     mode = cv2.THRESH_BINARY_INV if cfg.dark_part else cv2.THRESH_BINARY
     if cfg.threshold == "otsu":
         _, binary = cv2.threshold(smooth, 0, 255, mode | cv2.THRESH_OTSU)
@@ -93,6 +95,8 @@ def find_part(grey: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.n
     if len(big) > 1 and cv2.contourArea(big[1]) > 0.25 * cv2.contourArea(big[0]):
         raise SkippedFrame(f"several parts found ({len(big)})")
     part = big[0]
+    if cv2.contourArea(part) > 0.9 * h * w:
+        raise SkippedFrame("no part found (the threshold separates no part from the background)")
     x, y, bw, bh = cv2.boundingRect(part)
     if x <= 1 or y <= 1 or x + bw >= w - 1 or y + bh >= h - 1:
         raise SkippedFrame("part cut by the frame border")
