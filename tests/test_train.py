@@ -103,3 +103,21 @@ def test_short_training_separates_an_obvious_defect(tmp_path, preset):
     raw = score_images(model.generator, x, cfg.scoring)
     labels = [0] * 16 + [1] * 16
     assert roc_auc_score(labels, raw.r) > 0.9
+
+
+def test_fit_like_reuses_identical_training_and_rescores(surfaces, tmp_path, tiny_config):
+    from aoiflow.train import fit_like
+
+    fit(surfaces, tmp_path / "ssim", tiny_config, progress=False)
+    l1_scored = tiny_config.model_copy(deep=True)
+    l1_scored.scoring.score = "l1"
+    fit_like(tmp_path / "ssim", surfaces, tmp_path / "l1", l1_scored, progress=False)
+    a, b = load_checkpoint(tmp_path / "ssim"), load_checkpoint(tmp_path / "l1")
+    for k in a["generator"]:
+        assert torch.equal(a["generator"][k], b["generator"][k])
+    assert b["config"]["scoring"]["score"] == "l1" and a["calibration"] != b["calibration"]
+    trained = tiny_config.model_copy(deep=True)
+    trained.loss.w_con = 5.0  # different training: trains anew
+    fit_like(tmp_path / "ssim", surfaces, tmp_path / "other", trained, progress=False)
+    c = load_checkpoint(tmp_path / "other")
+    assert any(not torch.equal(a["generator"][k], c["generator"][k]) for k in a["generator"])

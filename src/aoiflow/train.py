@@ -252,3 +252,29 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     calibration = calibrate(val_scores.r, val_scores.l, sc.lam, sc.threshold_percentile, val_scores.maps)
     save_checkpoint(ckpt_path, _checkpoint_state(state, config, channels, max(start_epoch, t.epochs), history, split, calibration))
     return ckpt_path
+
+
+def same_training(a: Config, b: Config) -> bool:
+    """True when two configs train identical networks (they may differ only in scoring)."""
+    return all(getattr(a, k) == getattr(b, k) for k in ("model", "loss", "train", "preprocess"))
+
+
+def fit_like(source_run: str | Path, data_root: str | Path, run_dir: str | Path, config: Config,
+             progress: bool = True) -> Path:
+    """Give ``run_dir`` the networks of ``source_run`` when its training settings are the same
+    (e.g. GANomaly-SSIM-L1 and -SSIM-SSIM train identically and differ only in scoring), then
+    calibrate for ``config``'s scoring; otherwise train from scratch. Training is deterministic
+    for a seed, so the result equals training again."""
+    import shutil
+
+    source = load_checkpoint(source_run) if (Path(source_run) / CHECKPOINT).is_file() else None
+    run_dir = Path(run_dir)
+    done = source is not None and source.get("calibration") is not None
+    if done and same_training(Config.model_validate(source["config"]), _with_data_preprocessing(config, Path(data_root))) \
+            and not (run_dir / CHECKPOINT).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(source_run) / CHECKPOINT, run_dir / CHECKPOINT)
+        if (Path(source_run) / HISTORY).is_file():
+            shutil.copyfile(Path(source_run) / HISTORY, run_dir / HISTORY)
+        return fit(data_root, run_dir, config, resume=True, progress=progress)
+    return fit(data_root, run_dir, config, resume=(run_dir / CHECKPOINT).exists(), progress=progress)
