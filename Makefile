@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# The CPU build of torch; a bare `torch` would fetch gigabytes of CUDA libraries.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[test,export]'
+	$(VENV)/bin/pip install --quiet -e '.[test,export,openvino]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.flop_counter import FlopCounterMode
 
 from aoiflow import data
-from aoiflow.export import ExportedModel, export_onnx
+from aoiflow.export import ExportedModel, OpenVinoModel, export_onnx, export_openvino
 from aoiflow.model import build_networks
 from aoiflow.runs import Calibration, TrainedModel, save_checkpoint
 from aoiflow.scoring import ScoringGraph
@@ -68,9 +68,18 @@ def paths_for(run: Path, workdir: Path, data_root: Path | None) -> dict:
 
     fp32 = ExportedModel(export_onnx(run, workdir / f"{run.name}.onnx"), THREADS)
     q = ExportedModel(export_onnx(run, workdir / f"{run.name}-int8.onnx", int8=True, data_root=data_root), THREADS)
-    return {"model": model, "graph": graph, "paths": {
-        "torch eager": eager, "torch channels-last": eager_cl,
-        "onnxruntime fp32": lambda x: fp32.score(x)[2], "onnxruntime int8": lambda x: q.score(x)[2]}}
+    paths = {"torch eager": eager, "torch channels-last": eager_cl,
+             "onnxruntime fp32": lambda x: fp32.score(x)[2], "onnxruntime int8": lambda x: q.score(x)[2]}
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return {"model": model, "graph": graph, "paths": paths}
+    xml = export_openvino(run, workdir / f"{run.name}.xml")
+    xml8 = export_openvino(run, workdir / f"{run.name}-int8.xml", int8=True, data_root=data_root)
+    ov32, ovbf, ov8 = OpenVinoModel(xml, THREADS), OpenVinoModel(xml, THREADS, "bf16"), OpenVinoModel(xml8, THREADS)
+    paths.update({"openvino fp32": lambda x: ov32.score(x)[2], "openvino bf16": lambda x: ovbf.score(x)[2],
+                  "openvino int8": lambda x: ov8.score(x)[2]})
+    return {"model": model, "graph": graph, "paths": paths}
 
 
 def test_images(model: TrainedModel, data_root: Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -81,3 +81,20 @@ def test_unusable_exports_are_refused(tmp_path):
     junk.write_bytes(b"not onnx at all")
     with pytest.raises(ExportError, match="not a usable ONNX model"):
         ExportedModel(junk)
+
+
+def test_openvino_ir_matches_onnx(tile_run, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'aoiflow[openvino]')")
+    from aoiflow.export import OpenVinoModel, export_openvino
+
+    onnx_model = ExportedModel(export_onnx(tile_run, tmp_path / "m.onnx"))
+    ov_model = OpenVinoModel(export_openvino(tile_run, tmp_path / "m.xml"))
+    assert ov_model.calibration == onnx_model.calibration and ov_model.config == onnx_model.config
+    x = torch.rand(3, 1, 32, 32).numpy()
+    for a, b in zip(ov_model.score(x), onnx_model.score(x)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ExportError, match=".xml"):
+        export_openvino(tile_run, tmp_path / "m.onnx")
+    with pytest.raises(ExportError, match="not an aoiflow OpenVINO model"):
+        (tmp_path / "bad.xml").write_text("<net></net>")
+        OpenVinoModel(tmp_path / "bad.xml")

@@ -93,7 +93,7 @@ def test(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`, or an exported .onnx model"),
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`, or an exported .onnx/.xml model"),
     target: Path = typer.Argument(..., help="an image file or a folder of images"),
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv and maps/"),
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
@@ -197,18 +197,20 @@ def synth(
 def export(
     run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .onnx file (default RUN/model[-int8].onnx)"),
-    fmt: str = typer.Option("onnx", "--format", help="export format (onnx)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime) or openvino (IR .xml/.bin)"),
     int8: bool = typer.Option(False, "--int8", help="int8 convolutions, calibrated on training normals"),
     data: Optional[Path] = typer.Option(None, "--data", help="training data root for int8 calibration (default: the run's)"),
 ) -> None:
     """Export the scoring graph (image -> R, L, A, anomaly map) with its calibration in the file."""
-    from aoiflow.export import export_onnx
+    from aoiflow.export import export_onnx, export_openvino
 
-    if fmt != "onnx":
-        _fail(ValueError(f"--format {fmt!r}: only 'onnx' is supported (OpenVINO reads ONNX files directly)"))
-    target = out or run / ("model-int8.onnx" if int8 else "model.onnx")
+    if fmt not in ("onnx", "openvino"):
+        _fail(ValueError(f"--format {fmt!r}: choose onnx or openvino"))
+    suffix = ".onnx" if fmt == "onnx" else ".xml"
+    target = out or run / (("model-int8" if int8 else "model") + suffix)
     try:
-        path = export_onnx(run, target, int8=int8, data_root=data)
+        write = export_onnx if fmt == "onnx" else export_openvino
+        path = write(run, target, int8=int8, data_root=data)
     except _known_errors() as exc:
         _fail(exc)
     typer.echo(f"exported -> {path}")

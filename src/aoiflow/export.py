@@ -166,3 +166,62 @@ class ExportedModel:
         """(B, C, S, S) float32 in [0, 1] -> R (B,), L (B,), A (B,), map (B, 1, S, S)."""
         r, l, a, amap = self.session.run(OUTPUTS, {"image": np.ascontiguousarray(x, dtype=np.float32)})
         return r, l, a, amap
+
+
+def export_openvino(run_dir: str | Path, out_xml: str | Path, int8: bool = False,
+                    data_root: str | Path | None = None) -> Path:
+    """Write the scoring graph as OpenVINO IR (``.xml`` + ``.bin``), converted from the ONNX export
+    (int8 keeps its quantised convolutions); the same metadata travels in the IR's rt_info."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ExportError(f"OpenVINO export needs openvino: pip install 'aoiflow[openvino]' ({exc})") from None
+    out = Path(out_xml)
+    if out.suffix != ".xml":
+        raise ExportError(f"{out}: an OpenVINO model is written as a .xml file (with its .bin beside it)")
+    tmp = out.with_name(out.stem + ".tmp.onnx")
+    try:
+        export_onnx(run_dir, tmp, int8=int8, data_root=data_root)
+        model = ov.convert_model(str(tmp))
+        import onnx  # ONNX metadata is not carried over by the converter: copy it into rt_info
+
+        text = {p.key: p.value for p in onnx.load(str(tmp)).metadata_props}[METADATA_KEY]
+        model.set_rt_info(text, [METADATA_KEY])
+        for i, name in enumerate(OUTPUTS):
+            model.outputs[i].get_tensor().set_names({name})
+        ov.save_model(model, str(out), compress_to_fp16=False)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+class OpenVinoModel(ExportedModel):
+    """An OpenVINO IR scoring graph written by ``export_openvino``, run on the CPU plugin."""
+
+    def __init__(self, path: str | Path, threads: int = 2, precision: str = "f32") -> None:
+        """``precision``: 'f32' (exact), or 'bf16' where the CPU has it (faster, not exact)."""
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ExportError(f"running an OpenVINO model needs openvino: pip install 'aoiflow[openvino]' ({exc})") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError(f"{self.path}: exported model not found")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+            info = json.loads(model.get_rt_info([METADATA_KEY]).astype(str))
+        except Exception as exc:  # OpenVINO raises RuntimeError for both bad files and missing keys
+            raise ExportError(f"{self.path}: not an aoiflow OpenVINO model ({exc})") from None
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                   "INFERENCE_PRECISION_HINT": precision})
+        self.request = compiled.create_infer_request()
+        self.config = Config.model_validate(info["config"])
+        self.channels = int(info["channels"])
+        self.calibration = Calibration(**info["calibration"])
+        self.int8 = bool(info["int8"])
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        out = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        r, l, a, amap = (np.array(out[i]) for i in range(4))
+        return r, l, a, amap

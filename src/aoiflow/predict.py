@@ -57,12 +57,12 @@ class _TorchBackend:
 
 
 class _OnnxBackend:
-    """Scores with an exported ONNX graph (R, L, A and the map come out of the graph)."""
+    """Scores with an exported graph, ONNX Runtime or OpenVINO (R, L, A and the map come out of it)."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        from aoiflow.export import ExportedModel
+        from aoiflow.export import ExportedModel, OpenVinoModel
 
-        self.model = ExportedModel(path, threads)
+        self.model = OpenVinoModel(path, threads) if path.suffix == ".xml" else ExportedModel(path, threads)
         self.config, self.channels, self.calibration = self.model.config, self.model.channels, self.model.calibration
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
@@ -84,10 +84,11 @@ class Inspector:
 
     @classmethod
     def load(cls, source: str | Path, threshold: float | None = None, threads: int = 2) -> "Inspector":
-        """``source``: a run folder (PyTorch) or an exported ``.onnx`` file (ONNX Runtime)."""
+        """``source``: a run folder (PyTorch), an exported ``.onnx`` file (ONNX Runtime) or an
+        OpenVINO ``.xml`` model."""
         source = Path(source)
         torch.set_num_threads(threads)
-        if source.suffix == ".onnx":
+        if source.suffix in (".onnx", ".xml"):
             return cls(_OnnxBackend(source, threads), threshold)
         return cls(_TorchBackend(TrainedModel.load(source)), threshold)
 
