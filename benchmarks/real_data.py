@@ -24,7 +24,7 @@ from aoiflow.config import PRESET_NAMES, build_config
 from aoiflow.evaluate import evaluate
 from aoiflow.runs import TrainedModel
 from aoiflow.scoring import score_batch
-from aoiflow.train import fit, fit_like
+from aoiflow.train import fit_like
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -72,10 +72,7 @@ def main() -> None:
             t0 = time.perf_counter()
             # fit_like reuses the previous preset's networks when training is identical (SSIM-L1 and
             # SSIM-SSIM differ only in scoring); an interrupted benchmark resumes where it stopped.
-            if previous is not None:
-                fit_like(previous, root, run, cfg, progress=False)
-            else:
-                fit(root, run, cfg, resume=(run / "checkpoint.pt").exists(), progress=False)
+            fit_like(previous, root, run, cfg, progress=False)
             previous = run
             train_s = float(sum(float(r["seconds"]) for r in torch.load(run / "checkpoint.pt", weights_only=False)["history"]))
             m = evaluate(run, root, progress=False)

@@ -20,7 +20,7 @@ from aoiflow import data
 from aoiflow.config import PRESET_NAMES, PreprocessConfig, build_config
 from aoiflow.evaluate import evaluate, run_evaluation
 from aoiflow.runs import TrainedModel
-from aoiflow.train import fit, fit_like
+from aoiflow.train import fit_like
 
 
 def mean_image_baseline(root: Path, size: int = 128) -> dict[str, float]:
@@ -63,10 +63,7 @@ def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 40, base_width: in
         log(f"training {preset} ({cfg.model.image_size} px, width {base_width}, {epochs} epochs)")
         t0 = time.perf_counter()
         # SSIM-L1 and SSIM-SSIM train identically: the second reuses the first's networks.
-        if previous is not None:
-            fit_like(previous, surfaces, run, cfg, progress=progress)
-        else:
-            fit(surfaces, run, cfg, resume=(run / "checkpoint.pt").exists(), progress=progress)
+        fit_like(previous, surfaces, run, cfg, progress=progress)
         previous = run
         train_s = time.perf_counter() - t0
         metrics = evaluate(run, surfaces, progress=progress)

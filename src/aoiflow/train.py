@@ -259,15 +259,15 @@ def same_training(a: Config, b: Config) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in ("model", "loss", "train", "preprocess"))
 
 
-def fit_like(source_run: str | Path, data_root: str | Path, run_dir: str | Path, config: Config,
+def fit_like(source_run: str | Path | None, data_root: str | Path, run_dir: str | Path, config: Config,
              progress: bool = True) -> Path:
     """Give ``run_dir`` the networks of ``source_run`` when its training settings are the same
     (e.g. GANomaly-SSIM-L1 and -SSIM-SSIM train identically and differ only in scoring), then
     calibrate for ``config``'s scoring; otherwise train from scratch. Training is deterministic
-    for a seed, so the result equals training again."""
+    for a seed, so the result equals training again. An unfinished ``run_dir`` is resumed."""
     import shutil
 
-    source = load_checkpoint(source_run) if (Path(source_run) / CHECKPOINT).is_file() else None
+    source = load_checkpoint(source_run) if source_run and (Path(source_run) / CHECKPOINT).is_file() else None
     run_dir = Path(run_dir)
     done = source is not None and source.get("calibration") is not None
     if done and same_training(Config.model_validate(source["config"]), _with_data_preprocessing(config, Path(data_root))) \
