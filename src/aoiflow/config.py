@@ -65,7 +65,7 @@ class ScoreConfig(_Section):
     ssim_window: int = Field(11, ge=3, le=31)
     # How the map becomes R: 'mean' over all pixels (the paper), or the mean of the top
     # `topk_fraction` of pixels, which keeps a small defect from being averaged away.
-    pooling: Literal["mean", "topk"] = "mean"
+    pooling: Literal["mean", "topk"] = "topk"
     # Gaussian smoothing of the anomaly map (sigma in model-input pixels; 0 = none): turns
     # speckle into coherent regions for localisation and pre-labels.
     map_sigma: float = Field(2.0, ge=0, le=16)
