@@ -104,6 +104,18 @@ def test_led_line_raw_frames_to_verdicts(tmp_path):
     overlay = Image.open(tmp_path / "pred" / rows[0]["map"])
     assert overlay.size == (2 * 1280, 1024)  # frame and map, side by side, on the raw frame's grid
 
+    # pre-labels straight from raw frames: regions in frame pixels, classes from the folder names
+    result = runner.invoke(app, ["prelabel", str(tmp_path / "run"), str(raw / "test"), "--out", str(tmp_path / "labels"),
+                                 "--raw", "--threshold", "-1e9", "--label-from-folder", "--format", "coco",
+                                 "--no-review", "--quiet"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    coco = json.loads((tmp_path / "labels" / "coco" / "annotations.json").read_text())
+    assert {(i["width"], i["height"]) for i in coco["images"]} == {(1280, 1024)}
+    names = {c["name"] for c in coco["categories"]}
+    assert names <= {"defect", "good", "plate_rift", "unclean", "glue_overflow"}
+
 
 def test_demo_runs_the_whole_line(tmp_path):
     from aoiflow.demo import run_led_demo

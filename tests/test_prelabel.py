@@ -25,7 +25,7 @@ def test_regions_polygon_box_area_and_scores():
     amap = _disk_map()
     amap[5, 5] = 0.9  # a one-pixel speck
     amap[80:100, 0:10] = 0.7  # a region touching the border
-    regions = find_regions(amap, RegionSettings(threshold=0.5, min_area=4), model_size=amap.shape[0])
+    regions = find_regions(amap, RegionSettings(threshold=0.5, min_area=4))
     assert len(regions) == 2  # the speck is below min_area
     disk, edge = regions
     assert disk.id == 1 and disk.area == int((amap == 1).sum()) and disk.max_score == 1.0

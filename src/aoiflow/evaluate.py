@@ -132,7 +132,7 @@ def localisation_metrics(ev: Evaluation, min_area: float = 4.0) -> dict:
         return out
     settings = RegionSettings(ev.pixel_threshold, min_area)
     size = ev.maps.shape[-1]
-    regions = [find_regions(ev.maps[i, 0].numpy(), settings, size) if ev.a[i] > ev.threshold else []
+    regions = [find_regions(ev.maps[i, 0].numpy(), settings) if ev.a[i] > ev.threshold else []
                for i in range(len(ev.samples))]
     if with_mask and any(ev.samples[i].label for i in with_mask):
         counts = {0.1: MatchCounts(), 0.5: MatchCounts()}

@@ -54,19 +54,18 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def find_regions(amap: np.ndarray, settings: RegionSettings, model_size: int | None = None,
-                 label_of: Callable[[Region], str] | None = None) -> list[Region]:
+def find_regions(amap: np.ndarray, settings: RegionSettings, pixels_per_model_pixel: float = 1.0) -> list[Region]:
     """Connected regions of ``amap`` (H, W) above the threshold, largest first.
 
-    ``model_size`` (the map's native resolution) converts ``min_area`` to original pixels.
+    ``pixels_per_model_pixel`` (map pixels covered by one model-input pixel) converts
+    ``settings.min_area`` from model pixels to map pixels.
     """
     binary = (amap > settings.threshold).astype(np.uint8)
     if settings.opening:
         binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(settings.opening))
     if settings.closing:
         binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _disk(settings.closing))
-    scale = (amap.shape[0] * amap.shape[1]) / (model_size * model_size) if model_size else 1.0
-    min_pixels = max(1.0, settings.min_area * scale)
+    min_pixels = max(1.0, settings.min_area * pixels_per_model_pixel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     regions: list[Region] = []
     for k in range(1, count):
@@ -79,8 +78,6 @@ def find_regions(amap: np.ndarray, settings: RegionSettings, model_size: int | N
         region = Region(0, _polygon(mask, settings.simplify, (x, y, x + w - 1, y + h - 1)),
                         (x, y, x + w - 1, y + h - 1), area, float(values.mean()), float(values.max()),
                         settings.label, mask)
-        if label_of:
-            region.label = label_of(region)
         regions.append(region)
     regions.sort(key=lambda r: -r.area)
     for i, r in enumerate(regions, start=1):
@@ -126,18 +123,30 @@ def default_region_settings(inspector: Inspector, pixel_threshold: float | None 
 
 
 def label_images(inspector: Inspector, paths: Iterable[Path], settings: RegionSettings,
-                 only_anomalous: bool = True) -> Iterable[LabelledImage | Prediction]:
+                 only_anomalous: bool = True, raw: bool = False,
+                 label_of: Callable[[Path, Region], str] | None = None) -> Iterable[LabelledImage | Prediction]:
     """Yield a LabelledImage per readable file (regions only where the image is judged anomalous),
-    or the failed Prediction for an unreadable one."""
+    or the failed Prediction for an unreadable one. ``raw``: the files are raw frames, preprocessed
+    as the run was, and regions come out in frame pixels. ``label_of(path, region)`` names classes."""
     size = inspector.config.model.image_size
-    for pred in inspector.predict_files(paths):
+    for pred in inspector.predict_files(paths, raw=raw):
         if pred.status != "ok":
             yield pred
             continue
         h, w = pred.anomaly_map.shape
         judged = pred.decision == "anomalous" or not only_anomalous
-        regions = find_regions(pred.anomaly_map, settings, size) if judged else []
+        # Raw frames: the model saw only the warped surface map, whose footprint on the frame is
+        # where the carried-back map is defined.
+        footprint = float((pred.anomaly_map != 0).sum()) if raw else float(h * w)
+        regions = find_regions(pred.anomaly_map, settings, footprint / (size * size)) if judged else []
+        for r in regions:
+            r.label = label_of(pred.path, r) if label_of else r.label
         yield LabelledImage(pred.path, w, h, pred, regions)
+
+
+def folder_label(path: Path, region: Region) -> str:
+    """Class = the image's folder name (``test/<defect kind>/x.png`` -> ``<defect kind>``)."""
+    return path.parent.name
 
 
 def review_sheet(item: LabelledImage, path: Path, vmax: float) -> None:
@@ -165,7 +174,8 @@ def review_sheet(item: LabelledImage, path: Path, vmax: float) -> None:
 
 
 def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Path, formats: Iterable[str],
-                    settings: RegionSettings, review: bool = True, progress: bool = True) -> dict:
+                    settings: RegionSettings, review: bool = True, progress: bool = True,
+                    raw: bool = False, label_from_folder: bool = False) -> dict:
     """``aoiflow prelabel``: label files for every image under ``target`` in each format."""
     from tqdm import tqdm
 
@@ -188,7 +198,8 @@ def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Pat
     items: list[LabelledImage] = []
     errors: list[tuple[Path, str]] = []
     writer = labelformats.Writers(out, base, formats, settings.label)
-    for item in tqdm(label_images(inspector, paths, settings), total=len(paths), desc="prelabel",
+    label_of = folder_label if label_from_folder else None
+    for item in tqdm(label_images(inspector, paths, settings, raw=raw, label_of=label_of), total=len(paths), desc="prelabel",
                      unit="img", disable=not progress):
         if isinstance(item, Prediction):
             errors.append((item.path, item.reason))
