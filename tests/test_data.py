@@ -94,3 +94,17 @@ def test_rgb_stored_grey_pcb_images_are_detected_as_grey():
         pytest.skip("no RGB-stored image among the first 200 DeepPCB training images")
     assert data.read_image(rgb_files[0]).shape[2] == 3
     assert data.detect_channels(rgb_files) == 1
+
+
+def test_mask_resize_keeps_thin_lines_connected():
+    from aoiflow.localisation import components
+
+    mask = np.zeros((256, 256), bool)
+    for x in range(20, 230):  # a 1-pixel diagonal crack
+        mask[x // 2 + 40, x] = True
+    small = data.resize_mask(mask, 64)
+    assert small.shape == (64, 64) and len(components(small)) == 1
+    tiny = np.zeros((40, 30), bool)
+    tiny[10:20, 5:15] = True
+    big = data.resize_mask(tiny, 64)
+    assert big.shape == (64, 64) and big.any()

@@ -223,7 +223,7 @@ def export(
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="folder for frames, surfaces, runs and the report"),
     scale: float = typer.Option(0.2, help="fraction of the reference LED split to generate"),
-    epochs: int = typer.Option(40, help="training epochs per preset"),
+    epochs: int = typer.Option(80, help="training epochs per preset"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """The whole line on generated LED frames: generate, preprocess, train 3 presets, evaluate, report."""

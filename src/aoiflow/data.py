@@ -122,6 +122,18 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr.max(axis=2) > (127.0 / 255.0)
 
 
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Bool (H, W) -> bool (size, size): a model pixel is defect when any source pixel under it is
+    (max pooling), so thin cracks stay connected; masks smaller than ``size`` are enlarged with
+    nearest neighbour."""
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    if mask.shape[0] >= size and mask.shape[1] >= size:
+        out = F.adaptive_max_pool2d(t, size)
+    else:
+        out = F.interpolate(t, size=(size, size), mode="nearest")
+    return out[0, 0].numpy() > 0.5
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder`` (sorted). Missing folder -> DataLayoutError."""
     folder = Path(folder)

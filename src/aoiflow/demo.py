@@ -40,7 +40,7 @@ def mean_image_baseline(root: Path, size: int = 128) -> dict[str, float]:
     return out
 
 
-def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 40, base_width: int = 32, seed: int = 0,
+def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: int = 32, seed: int = 0,
                  progress: bool = True, log=print) -> Path:
     """Run the line end to end under ``out``; returns the report path."""
     from aoiflow.ledsynth import make_led_dataset

@@ -58,12 +58,10 @@ def _load_masks(samples: list[data.Sample], size: int) -> list[np.ndarray | None
             masks.append(None)
             continue
         try:
-            m = torch.from_numpy(data.read_mask(s.mask_path).astype(np.float32))[None, None]
+            masks.append(data.resize_mask(data.read_mask(s.mask_path), size))
         except data.ImageReadError as exc:
             warnings.warn(f"skipped mask {exc}", stacklevel=2)
             masks.append(None)
-            continue
-        masks.append((data.resize_tensor(m, size)[0, 0] > 0.5).numpy())
     return masks
 
 
