@@ -107,21 +107,34 @@ def reference_width_run(preset_run: Path, width: int, workdir: Path) -> Path:
     return out
 
 
-def frame_to_verdict(run: Path, workdir: Path, calls: int) -> dict[str, float]:
-    rng = np.random.default_rng(0)
+def frame_to_verdict(run: Path, workdir: Path, calls: int, data_root: Path | None) -> dict[str, float]:
+    """A generated 1280x1024 LED frame as a PNG file: decode, preprocess (outline, warp, gamma),
+    resize, score. Timed for the exact fp32 paths and int8; the weights do not change the time."""
+    from aoiflow.config import PreprocessConfig
+    from aoiflow.ledsynth import make_frame
+    from aoiflow.preprocess import preprocess_frame
+
     frame = workdir / "frame.png"
-    Image.fromarray(rng.integers(0, 255, (1024, 1280), dtype=np.uint8)).save(frame)
+    Image.fromarray(make_frame(3, None, np.random.default_rng(0))[0]).save(frame)
     model = TrainedModel.load(run)
-    q = ExportedModel(workdir / f"{run.name}-int8.onnx", THREADS)
-    size = model.config.model.image_size
+    size, cfg = model.config.model.image_size, PreprocessConfig()
 
     def prepare(path):
-        return data.load_tensor(path, model.channels, size)[0][None].numpy()
+        surface = preprocess_frame(data.read_image(path), cfg).image
+        return data.resize_tensor(torch.from_numpy(surface)[None, None], size).numpy()
 
     x = prepare(frame)
-    return {"decode+grey+resize": median_ms(prepare, frame, calls),
-            "frame to verdict (int8)": median_ms(lambda p: q.score(prepare(p)), frame, calls),
-            "model only (int8)": median_ms(q.score, x, calls)}
+    out = {"decode PNG": median_ms(data.read_image, frame, calls),
+           "decode + preprocess + resize": median_ms(prepare, frame, calls)}
+    scorers = {"onnxruntime fp32": ExportedModel(export_onnx(run, workdir / "f.onnx"), THREADS),
+               "onnxruntime int8": ExportedModel(export_onnx(run, workdir / "q.onnx", int8=True, data_root=data_root), THREADS)}
+    try:
+        scorers["openvino fp32"] = OpenVinoModel(export_openvino(run, workdir / "f.xml"), THREADS)
+    except Exception:  # openvino not installed
+        pass
+    for name, m in scorers.items():
+        out[f"frame to verdict, {name}"] = median_ms(lambda p: m.score(prepare(p)), frame, calls)
+    return out
 
 
 def main() -> None:
@@ -131,12 +144,17 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--reference-width", type=int, default=64)
     ap.add_argument("--batches", nargs="+", type=int, default=[8, 32])
+    ap.add_argument("--frame-only", action="store_true", help="only the frame-to-verdict timings")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     workdir = Path(tempfile.mkdtemp(prefix="aoiflow-speed-"))
 
     rows = []
     for run in args.runs:
+        if args.frame_only:
+            timings = frame_to_verdict(run, workdir, min(args.frames, 50), args.data)
+            print(f"{run.name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()), flush=True)
+            continue
         kinds = [(run, True)]
         if args.reference_width:
             kinds.append((reference_width_run(run, args.reference_width, workdir), False))
@@ -160,7 +178,7 @@ def main() -> None:
                                  size=s, path=name, ms_b1=ms1, fps=fps, gflops=gf, achieved=gf / ms1 * 1000,
                                  auroc=auroc))
                 print(rows[-1], flush=True)
-        timings = frame_to_verdict(run, workdir, min(args.frames, 50))
+        timings = frame_to_verdict(run, workdir, min(args.frames, 50), args.data)
         print(f"{run.name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()), flush=True)
 
     print(f"\nthreads {THREADS}; fp32 peak of this CPU ≈ {PEAK_GFLOPS:.0f} GFLOP/s")

@@ -99,6 +99,7 @@ def predict(
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
     no_maps: bool = typer.Option(False, "--no-maps", help="skip writing anomaly-map PNGs"),
     raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
+    precision: str = typer.Option("f32", help="OpenVINO models: f32 (exact) or bf16 (faster where the CPU has it)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Judge new images: OUT/predictions.csv (path, R, L, A, decision) and OUT/maps/*.png."""
@@ -106,7 +107,9 @@ def predict(
 
     _short_warnings()
     try:
-        inspector = Inspector.load(run, threshold)
+        if precision not in ("f32", "bf16"):
+            raise ConfigError(f"--precision {precision!r}: choose f32 or bf16")
+        inspector = Inspector.load(run, threshold, precision=precision)
         results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet, raw=raw)
     except _known_errors() as exc:
         _fail(exc)
