@@ -143,3 +143,13 @@ def test_prelabel_bad_setups(tile_subset, tmp_path, tiny_config):
         prelabel_folder(inspector, tile_subset / "test", blocked / "sub", ["coco"], settings, progress=False)
     with pytest.raises(ValueError, match="unknown label format"):
         prelabel_folder(inspector, tile_subset / "test", tmp_path / "o", ["pascal"], settings, progress=False)
+
+
+def test_yolo_segmentation_polygons(tmp_path):
+    item = _item(tmp_path, _disk_map())
+    w = Writers(tmp_path / "labels", tmp_path / "images", ["yolo"], "defect", yolo_polygons=True)
+    w.write_image(item)
+    values = (tmp_path / "labels" / "yolo" / "labels" / "img.txt").read_text().split()
+    coords = np.array(list(map(float, values[1:]))).reshape(-1, 2)
+    assert values[0] == "0" and len(coords) >= 6 and coords.min() >= 0 and coords.max() <= 1
+    assert coords[:, 0].mean() == pytest.approx(60.5 / 120, abs=0.02)

@@ -134,6 +134,7 @@ def prelabel(
     label: str = typer.Option("defect", help="class name given to every region"),
     label_from_folder: bool = typer.Option(False, "--label-from-folder", help="class = the image's folder name"),
     raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
+    yolo_segments: bool = typer.Option(False, "--yolo-segments", help="YOLO files with polygons instead of boxes"),
     no_review: bool = typer.Option(False, "--no-review", help="skip the review sheet PNGs"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
@@ -147,7 +148,7 @@ def prelabel(
         settings = default_region_settings(inspector, pixel_threshold, min_area=min_area, opening=opening,
                                            closing=closing, label=label)
         summary = prelabel_folder(inspector, images, out, fmt, settings, review=not no_review, progress=not quiet,
-                                  raw=raw, label_from_folder=label_from_folder)
+                                  raw=raw, label_from_folder=label_from_folder, yolo_segments=yolo_segments)
     except (*_known_errors(), ValueError) as exc:
         _fail(exc)
     typer.echo(f"{summary['images']} images, {summary['anomalous']} judged anomalous, {summary['regions']} regions "

@@ -175,7 +175,7 @@ def review_sheet(item: LabelledImage, path: Path, vmax: float) -> None:
 
 def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Path, formats: Iterable[str],
                     settings: RegionSettings, review: bool = True, progress: bool = True,
-                    raw: bool = False, label_from_folder: bool = False) -> dict:
+                    raw: bool = False, label_from_folder: bool = False, yolo_segments: bool = False) -> dict:
     """``aoiflow prelabel``: label files for every image under ``target`` in each format."""
     from tqdm import tqdm
 
@@ -197,7 +197,7 @@ def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Pat
     base = Path(target) if Path(target).is_dir() else Path(target).parent
     items: list[LabelledImage] = []
     errors: list[tuple[Path, str]] = []
-    writer = labelformats.Writers(out, base, formats, settings.label)
+    writer = labelformats.Writers(out, base, formats, settings.label, yolo_polygons=yolo_segments)
     label_of = folder_label if label_from_folder else None
     for item in tqdm(label_images(inspector, paths, settings, raw=raw, label_of=label_of), total=len(paths), desc="prelabel",
                      unit="img", disable=not progress):
