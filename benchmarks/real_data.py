@@ -69,7 +69,6 @@ def main() -> None:
                 "model": {"base_width": args.base_width},
                 "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}})
             run = args.out / name / preset
-            t0 = time.perf_counter()
             # fit_like reuses the previous preset's networks when training is identical (SSIM-L1 and
             # SSIM-SSIM differ only in scoring); an interrupted benchmark resumes where it stopped.
             fit_like(previous, root, run, cfg, progress=False)

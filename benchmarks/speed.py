@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aoiflow import data
 from aoiflow.export import ExportedModel, OpenVinoModel, export_onnx, export_openvino
 from aoiflow.model import build_networks
-from aoiflow.runs import Calibration, TrainedModel, save_checkpoint
+from aoiflow.runs import TrainedModel, save_checkpoint
 from aoiflow.scoring import ScoringGraph
 
 PEAK_GFLOPS = 290.0  # 2 cores x AVX-512 FMA (2 x 16 fp32 FMA per cycle) at ~4.5 GHz
@@ -123,7 +123,6 @@ def frame_to_verdict(run: Path, workdir: Path, calls: int, data_root: Path | Non
         surface = preprocess_frame(data.read_image(path), cfg).image
         return data.resize_tensor(torch.from_numpy(surface)[None, None], size).numpy()
 
-    x = prepare(frame)
     out = {"decode PNG": median_ms(data.read_image, frame, calls),
            "decode + preprocess + resize": median_ms(prepare, frame, calls)}
     scorers = {"onnxruntime fp32": ExportedModel(export_onnx(run, workdir / "f.onnx"), THREADS),
@@ -133,7 +132,7 @@ def frame_to_verdict(run: Path, workdir: Path, calls: int, data_root: Path | Non
     except Exception:  # openvino not installed
         pass
     for name, m in scorers.items():
-        out[f"frame to verdict, {name}"] = median_ms(lambda p: m.score(prepare(p)), frame, calls)
+        out[f"frame to verdict, {name}"] = median_ms(lambda p, m=m: m.score(prepare(p)), frame, calls)
     return out
 
 

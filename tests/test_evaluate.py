@@ -19,7 +19,7 @@ def test_evaluation_on_real_images_writes_everything(tile_run, tile_subset):
     bad = tile_subset / "test" / "crack" / "zz_truncated.jpg"
     bad.write_bytes(next((tile_subset / "test" / "crack").glob("*.jpg")).read_bytes()[:300])
     with pytest.warns(UserWarning, match="zz_truncated.jpg"):
-        metrics = evaluate(tile_run, tile_subset, progress=False)
+        evaluate(tile_run, tile_subset, progress=False)
     out = tile_run / "eval"
     for name in ("metrics.json", "scores.csv", "roc.png", "score_hist.png", "panel.png", "report.html"):
         assert (out / name).stat().st_size > 0, name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import f1_score, roc_auc_score
 
 from aoiflow import data
 from aoiflow.fileio import atomic_write_text

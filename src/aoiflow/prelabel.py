@@ -13,7 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from aoiflow import data
 from aoiflow.fileio import atomic_write_bytes

@@ -137,7 +137,8 @@ def line_report(out: Path, results: list[dict], baseline: dict[str, float]) -> P
 
     out = Path(out)
     kinds = sorted({k for r in results for k in r["metrics"]["per_defect_type"]})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    axes = [ax]
     for r in results:
         ev = r["evaluation"]
         labels = np.array([s.label for s in ev.samples])
@@ -146,7 +147,6 @@ def line_report(out: Path, results: list[dict], baseline: dict[str, float]) -> P
     axes[0].plot([0, 1], [0, 1], "--", color="grey", lw=1)
     axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     axes[0].legend(loc="lower right", fontsize=8)
-    axes[1].axis("off")
     _save(fig, out / "roc_all.png")
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.4), squeeze=False)

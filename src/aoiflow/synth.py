@@ -1,4 +1,5 @@
-"""Generated inspection images in MVTec layout, for the demo and for tests that need known defects.
+"""Small generated surface images in MVTec layout, for fast tests that need known defects
+(the demo uses the LED frames of ``ledsynth``).
 
 A brushed-metal-like surface (smooth illumination gradient, directional grain, sensor noise) with
 two defect kinds and their pixel masks: ``scratch`` (a thin dark or bright line) and ``stain``

@@ -6,13 +6,11 @@ import csv
 import io
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from aoiflow import data
 from aoiflow.config import Config, save_config
@@ -196,8 +194,6 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     val_set = data.load_images(val_paths, channels, size, progress)
     if len(train_set.images) == 0 or len(val_set.images) == 0:
         raise data.DataLayoutError(f"{data_root}: no readable training or validation images")
-    for path, why in train_set.skipped + val_set.skipped:
-        warnings.warn(f"{path}: skipped ({why})", stacklevel=2)
 
     state = _build_state(config, channels)
     history: list[dict[str, float]] = []
