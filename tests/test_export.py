@@ -55,6 +55,14 @@ def test_int8_export_scores_close_to_fp32(tile, tmp_path):
     fp32 = ExportedModel(export_onnx(tmp_path / "run", tmp_path / "m.onnx"))
     q = ExportedModel(export_onnx(tmp_path / "run", tmp_path / "q.onnx", int8=True))
     assert q.int8 and not fp32.int8
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    dequantised = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    generator = [n for n in convs if n.input[1] in dequantised]
+    blurs = [n for n in convs if n.input[1] not in dequantised]
+    assert len(generator) == 12 and len(blurs) >= 2  # 4 + 4 + 4 layers of a 32-px generator; blurs stay fp32
     paths = [s.path for s in data.test_samples(tile)]
     x = data.load_images(paths, 1, 32).images.numpy()
     r32, _, _, m32 = fp32.score(x)
