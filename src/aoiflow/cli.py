@@ -1,4 +1,7 @@
-"""Command line: ``aoiflow train | test | predict | demo``. Parses flags, calls the library, prints."""
+"""Command line: ``aoiflow train | test | predict | prelabel | preprocess | synth | export | demo``.
+
+Parses flags, calls the library, prints; known errors become one red line and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from aoiflow.config import PRESET_NAMES, ConfigError, build_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="aoiflow: learn normal parts from normal images, flag and locate anything else.")
+
 
 def _known_errors() -> tuple[type[Exception], ...]:
     from aoiflow.data import DataLayoutError, ImageReadError
