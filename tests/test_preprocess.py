@@ -102,3 +102,15 @@ def test_generator_respects_the_reference_constraints():
     a, _, _ = make_frame(2, None, np.random.default_rng(9))
     b, _, _ = make_frame(2, None, np.random.default_rng(9))
     assert np.array_equal(a, b)
+
+
+def test_orientation_mark_is_found_on_every_package_type():
+    rng = np.random.default_rng(7)
+    wrong = []
+    for i in range(40):
+        kind, angle = i % 5 + 1, float(rng.uniform(-180, 180))
+        frame, _, _ = make_frame(kind, None, rng, angle=angle)
+        sm = preprocess_frame(frame, PreprocessConfig())
+        if abs((sm.angle_deg - angle + 180) % 360 - 180) > 1.0:
+            wrong.append((kind, angle))
+    assert wrong == []

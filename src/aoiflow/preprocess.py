@@ -131,15 +131,17 @@ def _transform(corners: np.ndarray, margin: float, size: int) -> np.ndarray:
 
 
 def _corner_darkness(view: np.ndarray, inside: np.ndarray) -> list[float]:
-    """Mean brightness of the part near each canonical corner (TL, TR, BR, BL)."""
-    s = view.shape[0]
-    p = max(2, s // 8)
-    # sample the part's own corner: the inside pixels nearest each view corner
+    """Mean brightness right at each corner of the part (TL, TR, BR, BL) in the canonical view.
+
+    The patch is small (6 % of the part's side) so it samples the orientation mark itself, not
+    pads or dies that may sit near a corner.
+    """
     ys, xs = np.nonzero(inside)
     if len(xs) == 0:
         return [0.0] * 4
     x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    boxes = [(y0, x0), (y0, x1 - p), (y1 - p, x1 - p), (y1 - p, x0)]
+    p = max(2, int(0.06 * min(x1 - x0, y1 - y0)))
+    boxes = [(y0, x0), (y0, x1 - p + 1), (y1 - p + 1, x1 - p + 1), (y1 - p + 1, x0)]
     return [float(view[y : y + p, x : x + p].mean()) for y, x in boxes]
 
 
