@@ -13,36 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from aoiflow.config import PRESET_NAMES, build_config
-from aoiflow.evaluate import evaluate
+from aoiflow.evaluate import evaluate, scoring_ms
 from aoiflow.runs import TrainedModel
-from aoiflow.scoring import score_batch
 from aoiflow.train import fit_like
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def time_inference(run: Path, batch: int, repeats: int) -> float:
-    """Median ms per image for scoring a batch (R, L and the anomaly map)."""
-    model = TrainedModel.load(run)
-    s = model.config.model.image_size
-    x = torch.rand(batch, model.channels, s, s)
-    sc = model.config.scoring
-    for _ in range(3):
-        score_batch(model.generator, x, sc)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        score_batch(model.generator, x, sc)
-        times.append((time.perf_counter() - t0) * 1000 / batch)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -75,11 +56,12 @@ def main() -> None:
             previous = run
             train_s = float(sum(float(r["seconds"]) for r in torch.load(run / "checkpoint.pt", weights_only=False)["history"]))
             m = evaluate(run, root, progress=False)
+            model = TrainedModel.load(run)
             row = {"set": name, "preset": preset, "image_size": cfg.model.image_size,
                    "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
                    "auroc_R": m["image_auroc_R_only"], "auroc_L": m["image_auroc_L_only"],
                    "f1": m["f1_at_threshold"], "train_s": train_s,  # summed epoch times from the history (shared when networks are reused)
-                   "ms_b1": time_inference(run, 1, 50), "ms_b32": time_inference(run, 32, 5)}
+                   "ms_b1": scoring_ms(model, 1, 50), "ms_b32": scoring_ms(model, 32, 5)}
             rows.append(row)
             print(json.dumps(row), flush=True)
 

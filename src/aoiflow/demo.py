@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from aoiflow import data
 from aoiflow.config import PRESET_NAMES, PreprocessConfig, build_config
-from aoiflow.evaluate import evaluate, run_evaluation
+from aoiflow.evaluate import evaluate_run, scoring_ms
 from aoiflow.runs import TrainedModel
 from aoiflow.train import fit_like
 
@@ -66,29 +65,12 @@ def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: in
         fit_like(previous, surfaces, run, cfg, progress=progress)
         previous = run
         train_s = time.perf_counter() - t0
-        metrics = evaluate(run, surfaces, progress=progress)
-        torch.set_num_threads(cfg.train.threads)
-        ev = run_evaluation(TrainedModel.load(run), surfaces, progress=False)
+        metrics, ev = evaluate_run(run, surfaces, progress=progress)
         results.append({"preset": preset, "metrics": metrics, "train_s": train_s, "evaluation": ev,
-                        "ms_b1": _ms_per_frame(run, ev.images[:1])})
+                        "ms_b1": scoring_ms(TrainedModel.load(run))})
         log(f"  image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}")
     baseline = mean_image_baseline(surfaces)
     log(f"baseline (mean abs. difference to the mean normal surface): AUROC {baseline['all']:.3f}")
     summary = [{k: v for k, v in r.items() if k != "evaluation"} for r in results]
     (out / "summary.json").write_text(json.dumps({"results": summary, "baseline": baseline}, indent=1, default=str))
     return line_report(out, results, baseline)
-
-
-def _ms_per_frame(run: Path, x: torch.Tensor, calls: int = 30) -> float:
-    """Median ms for one frame (batch 1) through the PyTorch scoring path."""
-    from aoiflow.scoring import score_batch
-
-    model = TrainedModel.load(run)
-    for _ in range(3):
-        score_batch(model.generator, x, model.config.scoring)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        score_batch(model.generator, x, model.config.scoring)
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))

@@ -19,7 +19,7 @@ from aoiflow import data
 from aoiflow.fileio import atomic_write_text
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.config import ScoreConfig
-from aoiflow.scoring import calibrate, combined_score, minmax_score, score_images
+from aoiflow.scoring import calibrate, combined_score, minmax_score, score_batch, score_images
 
 SCORE_FIELDS = ["path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"]
 
@@ -73,8 +73,8 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
     cfg = model.config
     samples = data.test_samples(data_root)
     loaded = data.load_images([s.path for s in samples], model.channels, cfg.model.image_size, progress)
-    ok = set(loaded.paths)
-    samples = [s for s in samples if s.path in ok]
+    size_of = dict(zip(loaded.paths, loaded.original_sizes))
+    samples = [s for s in samples if s.path in size_of]
     if not samples:
         raise data.DataLayoutError(f"{data_root}: no readable test images")
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
         samples, loaded.images, raw.reconstructions, raw.maps, _load_masks(samples, cfg.model.image_size),
         raw.r, raw.l, a, minmax_score(raw.r, raw.l, cfg.scoring.lam),
         model.calibration.threshold if threshold is None else threshold, loaded.skipped, ms,
-        [loaded.original_sizes[loaded.paths.index(s.path)] for s in samples], model.calibration.map_high,
+        [size_of[s.path] for s in samples], model.calibration.map_high,
     )
 
 
@@ -217,9 +217,26 @@ def _json_ready(obj):
     return obj
 
 
-def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
-             threshold: float | None = None, progress: bool = True) -> dict:
-    """``aoiflow test``: write metrics.json, scores.csv, roc.png, score_hist.png, panel.png to RUN/eval."""
+def scoring_ms(model: TrainedModel, batch: int = 1, calls: int = 30) -> float:
+    """Median ms per image to score a batch of ``batch`` images (R, L and the map), PyTorch path."""
+    import statistics
+
+    s = model.config.model.image_size
+    x = torch.rand(batch, model.channels, s, s)
+    for _ in range(3):
+        score_batch(model.generator, x, model.config.scoring)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        score_batch(model.generator, x, model.config.scoring)
+        times.append((time.perf_counter() - t0) * 1000 / batch)
+    return statistics.median(times)
+
+
+def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
+                 threshold: float | None = None, progress: bool = True) -> tuple[dict, Evaluation]:
+    """Score ``DATA/test`` once and write metrics.json, scores.csv, roc.png, score_hist.png,
+    panel.png and report.html to RUN/eval (or ``out_dir``); returns the metrics and the scores."""
     from aoiflow import report
 
     model = TrainedModel.load(run_dir)
@@ -236,4 +253,10 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     report.histogram_plot(labels, ev.a, ev.threshold, out / "score_hist.png")
     report.panel_plot(ev, out / "panel.png")
     report.html_report(out, _json_ready(metrics), f"aoiflow evaluation: {model.config.preset or Path(run_dir).name}")
-    return metrics
+    return metrics, ev
+
+
+def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
+             threshold: float | None = None, progress: bool = True) -> dict:
+    """``aoiflow test``: ``evaluate_run`` without the per-image scores; returns the metrics."""
+    return evaluate_run(run_dir, data_root, out_dir, threshold, progress)[0]

@@ -163,7 +163,11 @@ class ExportedModel:
         meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if meta is None:
             raise ExportError(f"{self.path}: no aoiflow metadata; export it with `aoiflow export`")
-        info = json.loads(meta)
+        self._read_metadata(meta)
+
+    def _read_metadata(self, text: str) -> None:
+        """Settings, channels and calibration written by ``_metadata`` at export time."""
+        info = json.loads(text)
         self.config = Config.model_validate(info["config"])
         self.channels = int(info["channels"])
         self.calibration = Calibration(**info["calibration"])
@@ -217,16 +221,13 @@ class OpenVinoModel(ExportedModel):
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
-            info = json.loads(model.get_rt_info([METADATA_KEY]).astype(str))
+            meta = model.get_rt_info([METADATA_KEY]).astype(str)
         except Exception as exc:  # OpenVINO raises RuntimeError for both bad files and missing keys
             raise ExportError(f"{self.path}: not an aoiflow OpenVINO model ({exc})") from None
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                    "INFERENCE_PRECISION_HINT": precision})
         self.request = compiled.create_infer_request()
-        self.config = Config.model_validate(info["config"])
-        self.channels = int(info["channels"])
-        self.calibration = Calibration(**info["calibration"])
-        self.int8 = bool(info["int8"])
+        self._read_metadata(meta)
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         out = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})

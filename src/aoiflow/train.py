@@ -34,7 +34,8 @@ def seed_everything(seed: int, threads: int) -> None:
 def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Deterministic split of normal images into (train, validation); at least one of each."""
     if len(paths) < 2:
-        raise data.DataLayoutError(f"need at least 2 normal training images to hold one out, found {len(paths)}")
+        where = f"{paths[0].parent}: " if paths else ""
+        raise data.DataLayoutError(f"{where}need at least 2 normal training images to hold one out, found {len(paths)}")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(max(1, round(len(paths) * fraction)), len(paths) - 1)
     val = sorted(paths[i] for i in order[:n_val])
