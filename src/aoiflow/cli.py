@@ -1,4 +1,4 @@
-"""Command line: ``aoiflow train | test | predict | prelabel | preprocess | synth | export | demo``.
+"""Command line: ``aoiflow train | test | tune | predict | prelabel | preprocess | synth | export | demo``.
 
 Parses flags, calls the library, prints; known errors become one red line and exit code 2.
 """
@@ -77,14 +77,17 @@ def test(
     data: Path = typer.Argument(..., help="dataset root with DATA/test/<good|defect>/"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default RUN/eval)"),
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="file listing test images to leave out "
+                                           "(one per line, relative to DATA), e.g. TUNE/validation_anomalies.txt"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Score DATA/test: metrics.json, scores.csv, roc.png, score_hist.png, panel.png, report.html."""
-    from aoiflow.evaluate import evaluate
+    from aoiflow.evaluate import evaluate, read_exclude_list
 
     _short_warnings()
     try:
-        metrics = evaluate(run, data, out, threshold, progress=not quiet)
+        left_out = read_exclude_list(exclude, data) if exclude else None
+        metrics = evaluate(run, data, out, threshold, progress=not quiet, exclude=left_out)
     except _known_errors() as exc:
         _fail(exc)
     where = out or run / "eval"
@@ -93,6 +96,63 @@ def test(
     for p, why in ((s["path"], s["reason"]) for s in metrics["skipped"]):
         typer.echo(f"skipped {p}: {why}")
     typer.echo(f"report: {where / 'report.html'}")
+
+
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated whole numbers") from None
+
+
+@app.command()
+def tune(
+    data: Path = typer.Argument(..., help="dataset root in MVTec layout"),
+    out: Path = typer.Option(..., "--out", help="search folder (study.db, trials/, trials.csv, best.yaml, summary.md)"),
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    trials: int = typer.Option(20, help="trials in all, shared 50/30/20 % over the three stages"),
+    stage_trials: Optional[str] = typer.Option(None, help="trials per stage, e.g. 10,6,4 (overrides --trials)"),
+    top: int = typer.Option(3, help="how many of the best trials stage 3 refines"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs per trial"),
+    batch_size: Optional[int] = typer.Option(None, help="images per step"),
+    base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    image_sizes: Optional[str] = typer.Option(None, help="image sizes to search (default 64,128,256)"),
+    latent_sizes: Optional[str] = typer.Option(None, help="latent sizes to search (default 64,100,128,256,512,1024)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="labelled validation images: VAL/<defect>/ (and VAL/good)"),
+    val_fraction: float = typer.Option(0.2, help="without --val: this fraction of each defect type in DATA/test "
+                                                 "validates and is left out of the final test"),
+    seed: int = typer.Option(0, help="seed of the sampler and of the validation split"),
+    resume: bool = typer.Option(False, "--resume", help="continue the search in --out"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Three-stage random search over loss weights, latent and image size, SSIM windows and lambda."""
+    from aoiflow.tune import SearchSpace, TuneError, TuneSettings, split_trials, tune as run_tune
+
+    _short_warnings()
+    try:
+        if preset is None and config is None:
+            preset = "ganomaly-ssim-ssim"
+        base = build_config(preset, config, {"train": {"epochs": epochs, "batch_size": batch_size, "lr": lr},
+                                             "model": {"base_width": base_width}})
+        space = SearchSpace()
+        sizes, latents = _int_list(image_sizes, "--image-sizes"), _int_list(latent_sizes, "--latent-sizes")
+        space = SearchSpace(image_sizes=sizes or space.image_sizes, latent_sizes=latents or space.latent_sizes)
+        per_stage = _int_list(stage_trials, "--stage-trials") or split_trials(trials)
+        settings = TuneSettings(stage_trials=per_stage, top_few=top, val_fraction=val_fraction,
+                                val_dir=str(val) if val else None, seed=seed)
+        outcome = run_tune(data, out, base, space, settings, resume=resume, progress=not quiet)
+    except (*_known_errors(), TuneError) as exc:
+        _fail(exc)
+    for stage, best in outcome.stage_best.items():
+        typer.echo(f"stage {stage}: best validation AUROC {best:.3f}")
+    for label, m in outcome.test.items():
+        typer.echo(f"{label}: test image AUROC {m['image_auroc']:.3f} on {m['counts']['normal']} normal + "
+                   f"{m['counts']['anomalous']} anomalous held-back images")
+    typer.echo(f"best config: {out / 'best.yaml'}   summary: {out / 'summary.md'}")
 
 
 @app.command()

@@ -66,12 +66,16 @@ def _load_masks(samples: list[data.Sample], size: int) -> list[np.ndarray | None
 
 
 def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float | None = None,
-                   batch_size: int = 32, progress: bool = True) -> Evaluation:
-    """Score every image under ``DATA/test``; unreadable images are reported and skipped."""
+                   batch_size: int = 32, progress: bool = True,
+                   exclude: set[Path] | None = None) -> Evaluation:
+    """Score every image under ``DATA/test`` except those in ``exclude`` (e.g. anomalies a parameter
+    search used for validation); unreadable images are reported and skipped."""
     if model.calibration is None:
         raise RunError("this run has no calibration (training did not finish); resume it with `aoiflow train --resume`")
     cfg = model.config
     samples = data.test_samples(data_root)
+    if exclude:
+        samples = [s for s in samples if s.path.resolve() not in exclude]
     loaded = data.load_images([s.path for s in samples], model.channels, cfg.model.image_size, progress)
     size_of = dict(zip(loaded.paths, loaded.original_sizes))
     samples = [s for s in samples if s.path in size_of]
@@ -233,17 +237,29 @@ def scoring_ms(model: TrainedModel, batch: int = 1, calls: int = 30) -> float:
     return statistics.median(times)
 
 
+def read_exclude_list(path: str | Path, data_root: str | Path) -> set[Path]:
+    """Paths to leave out of a test, one per line, absolute or relative to ``data_root``."""
+    path = Path(path)
+    if not path.is_file():
+        raise data.DataLayoutError(f"{path}: exclude list not found")
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return {(Path(data_root) / ln).resolve() for ln in lines}
+
+
 def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
-                 threshold: float | None = None, progress: bool = True) -> tuple[dict, Evaluation]:
-    """Score ``DATA/test`` once and write metrics.json, scores.csv, roc.png, score_hist.png,
-    panel.png and report.html to RUN/eval (or ``out_dir``); returns the metrics and the scores."""
+                 threshold: float | None = None, progress: bool = True,
+                 exclude: set[Path] | None = None) -> tuple[dict, Evaluation]:
+    """Score ``DATA/test`` (less ``exclude``) once and write metrics.json, scores.csv, roc.png,
+    score_hist.png, panel.png and report.html to RUN/eval (or ``out_dir``); returns the metrics
+    and the scores."""
     from aoiflow import report
 
     model = TrainedModel.load(run_dir)
     torch.set_num_threads(model.config.train.threads)
-    ev = run_evaluation(model, data_root, threshold, progress=progress)
+    ev = run_evaluation(model, data_root, threshold, progress=progress, exclude=exclude)
     metrics = compute_metrics(ev)
-    metrics.update(run=str(run_dir), data=str(data_root), preset=model.config.preset, epoch=model.epoch)
+    metrics.update(run=str(run_dir), data=str(data_root), preset=model.config.preset, epoch=model.epoch,
+                   excluded=len(exclude or ()))
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scores.csv", _scores_csv(ev))
@@ -257,6 +273,6 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path
 
 
 def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
-             threshold: float | None = None, progress: bool = True) -> dict:
+             threshold: float | None = None, progress: bool = True, exclude: set[Path] | None = None) -> dict:
     """``aoiflow test``: ``evaluate_run`` without the per-image scores; returns the metrics."""
-    return evaluate_run(run_dir, data_root, out_dir, threshold, progress)[0]
+    return evaluate_run(run_dir, data_root, out_dir, threshold, progress, exclude)[0]

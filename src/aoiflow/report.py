@@ -204,3 +204,24 @@ Per-run details: <code>runs/&lt;preset&gt;/eval/report.html</code>.</p>
     path = out / "report.html"
     atomic_write(path, lambda p: p.write_text(page))
     return path
+
+
+def objective_plot(results: list, path: Path) -> None:
+    """Validation objective of every trial of a parameter search, coloured by stage, with the
+    running best and the untuned config's score at its own scoring settings."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    done = [r for r in results if r.state == "complete"]
+    colours = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
+    best, xs, ys = -np.inf, [], []
+    for i, r in enumerate(done):
+        ax.scatter(i, r.objective, color=colours[r.stage], s=28, zorder=3,
+                   label=f"stage {r.stage}" if r.stage not in {d.stage for d in done[:i]} else None)
+        best = max(best, r.objective)
+        xs.append(i)
+        ys.append(best)
+        if r.baseline:
+            ax.axhline(r.val_auroc_base_scoring, color="grey", ls=":", lw=1, label="untuned (own scoring)")
+    ax.step(xs, ys, where="post", color="black", lw=1, label="best so far")
+    ax.set(xlabel="trial (in the order run)", ylabel="validation AUROC", title="aoiflow tune")
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)

@@ -8,6 +8,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -154,11 +155,17 @@ def _same_shape(a: Config, b: Config) -> bool:
     return all(getattr(a.model, k) == getattr(b.model, k) for k in keep)
 
 
-def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool = False, progress: bool = True) -> Path:
+ImageLoader = Callable[[list[Path], int, int, bool], data.LoadedImages]
+
+
+def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool = False, progress: bool = True,
+        loader: ImageLoader = data.load_images) -> Path:
     """Train on ``DATA/train/good`` and write the run folder; returns the checkpoint path.
 
     A fraction ``config.train.val_fraction`` of the normal images is held out: it gives the
     per-epoch validation loss and, at the end, the calibration (normalisation + threshold).
+    ``loader(paths, channels, size, progress)`` reads the images (a caching loader lets a
+    parameter search read each image once).
     """
     from tqdm import tqdm
 
@@ -191,8 +198,8 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
                  "train": [str(p.relative_to(data_root)) for p in train_paths],
                  "val": [str(p.relative_to(data_root)) for p in val_paths]}
     size = config.model.image_size
-    train_set = data.load_images(train_paths, channels, size, progress)
-    val_set = data.load_images(val_paths, channels, size, progress)
+    train_set = loader(train_paths, channels, size, progress)
+    val_set = loader(val_paths, channels, size, progress)
     if len(train_set.images) == 0 or len(val_set.images) == 0:
         raise data.DataLayoutError(f"{data_root}: no readable training or validation images")
 
@@ -257,7 +264,7 @@ def same_training(a: Config, b: Config) -> bool:
 
 
 def fit_like(source_run: str | Path | None, data_root: str | Path, run_dir: str | Path, config: Config,
-             progress: bool = True) -> Path:
+             progress: bool = True, loader: ImageLoader = data.load_images) -> Path:
     """Give ``run_dir`` the networks of ``source_run`` when its training settings are the same
     (e.g. GANomaly-SSIM-L1 and -SSIM-SSIM train identically and differ only in scoring), then
     calibrate for ``config``'s scoring; otherwise train from scratch. Training is deterministic
@@ -273,5 +280,5 @@ def fit_like(source_run: str | Path | None, data_root: str | Path, run_dir: str 
         shutil.copyfile(Path(source_run) / CHECKPOINT, run_dir / CHECKPOINT)
         if (Path(source_run) / HISTORY).is_file():
             shutil.copyfile(Path(source_run) / HISTORY, run_dir / HISTORY)
-        return fit(data_root, run_dir, config, resume=True, progress=progress)
-    return fit(data_root, run_dir, config, resume=(run_dir / CHECKPOINT).exists(), progress=progress)
+        return fit(data_root, run_dir, config, resume=True, progress=progress, loader=loader)
+    return fit(data_root, run_dir, config, resume=(run_dir / CHECKPOINT).exists(), progress=progress, loader=loader)
