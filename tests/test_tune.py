@@ -184,7 +184,8 @@ def test_search_writes_table_plot_best_config_and_a_fair_comparison(tile_subset,
     excluded = {(tile_subset / ln).resolve() for ln in (out / "validation_anomalies.txt").read_text().split("\n")
                 if ln and not ln.startswith("#")}
     assert len(excluded) == 2
-    for label in ("tuned", "untuned"):
+    assert set(outcome.test) == {"tuned", "untuned", "untuned_networks_tuned_scoring"}
+    for label in outcome.test:
         scored = {Path(r["path"]).resolve() for r in _rows(out / f"test_{label}" / "scores.csv")}
         assert len(scored) == 10 - 2 and not scored & excluded
         assert outcome.test[label]["counts"] == {"normal": 4, "anomalous": 4, "skipped": 0}
@@ -256,3 +257,15 @@ def test_cli_rejects_bad_search_settings(tile_subset, tmp_path):
     assert res.exit_code == 2 and "missing" in res.output
     res = runner.invoke(app, ["test", str(tmp_path / "r"), str(tile_subset), "--exclude", str(tmp_path / "nolist.txt")])
     assert res.exit_code == 2 and "nolist.txt" in res.output
+
+
+def test_auroc_standard_error_matches_the_spread_of_repeated_samples():
+    from aoiflow.tune import auroc_standard_error
+
+    rng = np.random.default_rng(0)
+    n_pos, n_neg, shift = 80, 76, 0.95  # a separation that gives AUROC about 0.75
+    aucs = [roc_auc_score(np.r_[np.zeros(n_neg), np.ones(n_pos)],
+                          np.r_[rng.normal(0, 1, n_neg), rng.normal(shift, 1, n_pos)]) for _ in range(600)]
+    predicted = auroc_standard_error(float(np.mean(aucs)), n_pos, n_neg)
+    assert predicted == pytest.approx(np.std(aucs), rel=0.15)
+    assert auroc_standard_error(0.75, 800, 760) < predicted / 3  # ten times the images, a third of the error

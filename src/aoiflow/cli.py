@@ -149,6 +149,8 @@ def tune(
         _fail(exc)
     for stage, best in outcome.stage_best.items():
         typer.echo(f"stage {stage}: best validation AUROC {best:.3f}")
+    typer.echo(f"best trial {outcome.best.name}: validation AUROC {outcome.best.objective:.3f} "
+               f"(standard error {outcome.standard_error:.3f}); untuned {outcome.baseline.val_auroc_base_scoring:.3f}")
     for label, m in outcome.test.items():
         typer.echo(f"{label}: test image AUROC {m['image_auroc']:.3f} on {m['counts']['normal']} normal + "
                    f"{m['counts']['anomalous']} anomalous held-back images")

@@ -205,8 +205,9 @@ def load_config(path: str | Path) -> Config:
     return build_config(config_file=path)
 
 
-def save_config(config: Config, path: str | Path) -> None:
-    """Write the config as YAML atomically."""
+def save_config(config: Config, path: str | Path, header: str = "") -> None:
+    """Write the config as YAML atomically, after ``header`` lines written as YAML comments."""
     from aoiflow.fileio import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(config.model_dump(), sort_keys=False))
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    atomic_write_text(Path(path), comment + yaml.safe_dump(config.model_dump(), sort_keys=False))

@@ -207,21 +207,25 @@ Per-run details: <code>runs/&lt;preset&gt;/eval/report.html</code>.</p>
 
 
 def objective_plot(results: list, path: Path) -> None:
-    """Validation objective of every trial of a parameter search, coloured by stage, with the
-    running best and the untuned config's score at its own scoring settings."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    """Validation objective of a parameter search: every trial in the order run, coloured by
+    stage, with the best so far and the untuned config at its own scoring (left); the spread of
+    each stage (right)."""
+    fig, (ax, ax_stage) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1]}, sharey=True)
     done = [r for r in results if r.state == "complete"]
     colours = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
-    best, xs, ys = -np.inf, [], []
-    for i, r in enumerate(done):
-        ax.scatter(i, r.objective, color=colours[r.stage], s=28, zorder=3,
-                   label=f"stage {r.stage}" if r.stage not in {d.stage for d in done[:i]} else None)
-        best = max(best, r.objective)
-        xs.append(i)
-        ys.append(best)
+    for stage in (1, 2, 3):
+        idx = [i for i, r in enumerate(done) if r.stage == stage]
+        vals = [done[i].objective for i in idx]
+        if vals:
+            ax.scatter(idx, vals, color=colours[stage], s=28, zorder=3, label=f"stage {stage}")
+            ax_stage.boxplot(vals, positions=[stage], widths=0.5, showfliers=False)
+            ax_stage.scatter(np.full(len(vals), stage), vals, color=colours[stage], s=16, zorder=3)
+    ax.step(range(len(done)), np.maximum.accumulate([r.objective for r in done]) if done else [],
+            where="post", color="black", lw=1, label="best so far")
+    for r in done:
         if r.baseline:
-            ax.axhline(r.val_auroc_base_scoring, color="grey", ls=":", lw=1, label="untuned (own scoring)")
-    ax.step(xs, ys, where="post", color="black", lw=1, label="best so far")
-    ax.set(xlabel="trial (in the order run)", ylabel="validation AUROC", title="aoiflow tune")
+            ax.axhline(r.val_auroc_base_scoring, color="grey", ls=":", lw=1, label="untuned, own scoring")
+    ax.set(xlabel="trial (in the order run)", ylabel="validation AUROC", title="aoiflow tune: objective per trial")
     ax.legend(fontsize=8, loc="lower right")
+    ax_stage.set(xticks=[1, 2, 3], xticklabels=["stage 1", "stage 2", "stage 3"], title="per stage")
     _save(fig, path)

@@ -149,6 +149,15 @@ def validation_set(data_root: str | Path, settings: TuneSettings) -> ValidationS
                          "left out of the final test")
 
 
+def auroc_standard_error(auroc: float, n_anomalous: int, n_normal: int) -> float:
+    """Standard error of an AUROC from its value and class sizes (Hanley & McNeil, 1982): how far
+    apart two trials must be before a validation set of this size can tell them apart. Written
+    here: scikit-learn has no AUROC uncertainty, and the formula is three lines."""
+    a, n1, n0 = auroc, n_anomalous, n_normal
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    return math.sqrt(max(0.0, a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
+
+
 # ---------------------------------------------------------------- stages
 
 
@@ -327,6 +336,7 @@ class TuneOutcome:
     best_config: Config
     validation: str
     stage_best: dict[int, float] = field(default_factory=dict)
+    standard_error: float = float("nan")  # of the best validation AUROC, for this validation set's size
     test: dict[str, dict] = field(default_factory=dict)
 
 
@@ -514,24 +524,25 @@ class Search:
         best = max(complete, key=lambda r: (r.objective, -r.stage, -r.trial))
         baseline = next(r for r in results if r.baseline)
         config = trial_config(self.base, best.params, best.best_lam, best.best_score_window)
-        save_config(config, self.out / "best.yaml")
+        save_config(config, self.out / "best.yaml", header=(
+            f"aoiflow tune on {self.data_root}: trial {best.name}, validation AUROC {best.objective:.3f}\n"
+            f"each trial trained {config.train.epochs} epochs; raise train.epochs (or pass --epochs) for production"))
         stage_best = {s: max((r.objective for r in complete if r.stage == s), default=float("nan")) for s in (1, 2, 3)}
-        return TuneOutcome(results, best, baseline, config, self.validation.description, stage_best)
+        n_normal = len(TrainedModel.load(self.out / "trials" / best.name).split["val"]) + len(self.validation.extra_normals)
+        se = auroc_standard_error(best.objective, len(self.validation.anomalies), n_normal)
+        return TuneOutcome(results, best, baseline, config, self.validation.description, stage_best, se)
 
     def final_test(self, outcome: TuneOutcome) -> TuneOutcome:
         """Train nothing new: give the best trial's networks the tuned scoring (``best_run``) and
-        score it and the untuned trial on the same held-back test images."""
+        test it, the untuned trial, and the untuned networks with their own best scoring
+        (which splits the gain into scoring and training settings), on the same held-back images."""
         from aoiflow.evaluate import evaluate_run
-        from aoiflow.train import fit_like
 
-        best_run = self.out / "best_run"
-        if best_run.exists():
-            shutil.rmtree(best_run)  # rebuilt from the trial (seconds), so a rerun never mixes results
-        fit_like(self.out / "trials" / outcome.best.name, self.data_root, best_run, outcome.best_config,
-                 progress=False, loader=self.cache)
-        runs = {"tuned": best_run}
-        if outcome.baseline.state == "complete":
-            runs["untuned"] = self.out / "trials" / outcome.baseline.name
+        runs = {"tuned": self._rescored(outcome.best, "best_run")}
+        u = outcome.baseline
+        if u.state == "complete":
+            runs["untuned"] = self.out / "trials" / u.name
+            runs["untuned_networks_tuned_scoring"] = self._rescored(u, "untuned_rescored")
         for label, run in runs.items():
             metrics, _ = evaluate_run(run, self.data_root, self.out / f"test_{label}", progress=False,
                                       exclude=self.validation.excluded_from_test)
@@ -539,6 +550,17 @@ class Search:
             outcome.test[label]["counts"] = metrics["counts"]
         write_summary(self.out, outcome)
         return outcome
+
+    def _rescored(self, trial: TrialResult, name: str) -> Path:
+        """A run folder with ``trial``'s networks and its best scoring (calibrated again, seconds)."""
+        from aoiflow.train import fit_like
+
+        run = self.out / name
+        if run.exists():
+            shutil.rmtree(run)  # rebuilt from the trial, so a rerun never mixes results
+        config = trial_config(self.base, trial.params, trial.best_lam, trial.best_score_window)
+        fit_like(self.out / "trials" / trial.name, self.data_root, run, config, progress=False, loader=self.cache)
+        return run
 
 
 def write_summary(out: Path, outcome: TuneOutcome) -> None:
@@ -548,10 +570,12 @@ def write_summary(out: Path, outcome: TuneOutcome) -> None:
 
     b, u = outcome.best, outcome.baseline
     summary = {"validation": outcome.validation, "stage_best_objective": outcome.stage_best,
+               "best_objective_standard_error": outcome.standard_error,
                "best_trial": asdict(b), "untuned_trial": asdict(u), "test": outcome.test}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     rows = "\n".join(f"| stage {s} | {fmt(v)} |" for s, v in outcome.stage_best.items())
     t, n = outcome.test.get("tuned", {}), outcome.test.get("untuned", {})
+    r = outcome.test.get("untuned_networks_tuned_scoring", {})
     md = f"""# aoiflow tune
 
 Validation: {outcome.validation}.
@@ -562,16 +586,19 @@ Objective: image AUROC on that validation set, at the best lambda / score window
 {rows}
 
 Best trial {b.name}: {b.params}, lambda {b.best_lam}, score window {b.best_score_window}
-(validation AUROC {fmt(b.objective)}). Untuned trial {u.name}: validation AUROC {fmt(u.val_auroc_base_scoring)}
+(validation AUROC {fmt(b.objective)}, standard error {fmt(outcome.standard_error)}: trials closer than about
+twice that cannot be told apart on this validation set). Untuned trial {u.name}: validation AUROC {fmt(u.val_auroc_base_scoring)}
 at its own scoring, {fmt(u.objective)} with the scoring searched.
 
 | on the held-back test images | image AUROC | pixel AUROC | F1 at threshold |
 |---|---|---|---|
 | tuned (best.yaml) | {fmt(t.get('image_auroc'))} | {fmt(t.get('pixel_auroc'))} | {fmt(t.get('f1_at_threshold'))} |
 | untuned | {fmt(n.get('image_auroc'))} | {fmt(n.get('pixel_auroc'))} | {fmt(n.get('f1_at_threshold'))} |
+| untuned networks, their best lambda / window | {fmt(r.get('image_auroc'))} | {fmt(r.get('pixel_auroc'))} | {fmt(r.get('f1_at_threshold'))} |
 
 Files: trials.csv (every trial), objective.png, best.yaml (`aoiflow train DATA --config best.yaml`),
-best_run/ (the best trial's networks with the tuned scoring), test_tuned/ and test_untuned/ (reports).
+best_run/ (the best trial's networks with the tuned scoring), untuned_rescored/, and a test report for each
+row (test_<row>/report.html).
 """
     atomic_write_text(out / "summary.md", md)
 
