@@ -88,6 +88,20 @@ def test_later_stages_narrow_around_their_anchor():
     assert any(p["w_adv"] % 10 for p in s2)
 
 
+def test_stage_three_moves_between_anchors_of_different_shapes_in_one_stored_study(tmp_path):
+    # Optuna's SQLite storage refuses categorical choices that change within a study; stage 3
+    # refines anchors of different latent and image sizes round-robin (this failed on real data).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", sampler=optuna.samplers.RandomSampler(seed=0))
+    anchors = [{"w_con": 31, "w_enc": 61, "w_adv": 90, "latent_size": 1024, "image_size": 256, "train_window": 8},
+               {"w_con": 50, "w_enc": 1, "w_adv": 1, "latent_size": 100, "image_size": 128, "train_window": 11}]
+    for i in range(4):
+        anchor = anchors[i % 2]
+        trial = study.ask(stage_distributions(3, SearchSpace(), anchor, train_ssim=True))
+        assert (trial.params["latent_size"], trial.params["image_size"]) == (anchor["latent_size"], anchor["image_size"])
+        study.tell(trial, 0.5)
+
+
 def test_validation_split_takes_a_fraction_of_each_defect_type(tile_subset):
     settings = TuneSettings(val_fraction=0.34, seed=5)
     val = validation_set(tile_subset, settings)
@@ -269,3 +283,16 @@ def test_auroc_standard_error_matches_the_spread_of_repeated_samples():
     predicted = auroc_standard_error(float(np.mean(aucs)), n_pos, n_neg)
     assert predicted == pytest.approx(np.std(aucs), rel=0.15)
     assert auroc_standard_error(0.75, 800, 760) < predicted / 3  # ten times the images, a third of the error
+
+
+def test_l1_preset_searches_no_ssim_windows(tile_subset, tmp_path):
+    base = build_config("ganomaly-l1-l1", overrides={
+        "model": {"image_size": 32, "base_width": 8, "latent_size": 16},
+        "train": {"epochs": 1, "batch_size": 4, "seed": 3, "val_fraction": 0.25}})
+    out = tmp_path / "l1"
+    outcome = tune(tile_subset, out, base, TINY_SPACE, TuneSettings(stage_trials=(1, 1, 1), val_fraction=0.34),
+                   progress=False, log=lambda s: None)
+    rows = _rows(out / "trials.csv")
+    assert all(r["train_window"] == "" and r["best_score_window"] == "" for r in rows)
+    assert outcome.best_config.loss.contextual == "l1" and outcome.best_config.scoring.score == "l1"
+    assert load_config(out / "best.yaml").scoring.lam == outcome.best.best_lam

@@ -193,9 +193,13 @@ def stage_distributions(stage: int, space: SearchSpace, anchor: dict[str, int], 
         return dists
     radius, window_radius = (10, 2) if stage == 2 else (3, 1)
     dists = {w: _ints_around(int(anchor[w]), radius, lo, hi) for w in ("w_con", "w_enc", "w_adv")}
-    latents = _neighbours(space.latent_sizes, anchor["latent_size"]) if stage == 2 else [anchor["latent_size"]]
-    dists["latent_size"] = _categorical(latents)
-    dists["image_size"] = _categorical([anchor["image_size"]])
+    # A fixed value is a one-point integer range: Optuna refuses categorical choices that change
+    # between trials of one study, and stage 3 moves between anchors of different sizes.
+    if stage == 2:
+        dists["latent_size"] = _categorical(_neighbours(space.latent_sizes, anchor["latent_size"]))
+    else:
+        dists["latent_size"] = _ints_around(int(anchor["latent_size"]), 0, 1, 4096)
+    dists["image_size"] = _ints_around(int(anchor["image_size"]), 0, 32, 256)
     if train_ssim:
         w_lo, w_hi = min(space.train_windows), max(space.train_windows)
         dists["train_window"] = _ints_around(int(anchor["train_window"]), window_radius, w_lo, w_hi)
@@ -464,14 +468,17 @@ class Search:
         budget = self.settings.stage_trials[stage - 1]
         if stage == 1 and not study.get_trials(deepcopy=False):
             study.enqueue_trial(base_params(self.base))  # the untuned config is trial 0: the yardstick
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self._finish(study, stage, t.number, {k: int(v) for k, v in t.params.items()}, bar)
         anchors = self._anchors(stage)
-        while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))) < budget:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if set(t.params) == set(stage_distributions(stage, self.space, anchors[0], self.train_ssim)):
+                self._finish(study, stage, t.number, {k: int(v) for k, v in t.params.items()}, bar)
+            else:  # stopped while its settings were drawn: it never ran and costs no budget
+                study.tell(t.number, state=TrialState.FAIL)
+        while (done := len(self._results(stage))) < budget:
             number = len(study.get_trials(deepcopy=False))
             # A sampler seeded per trial makes the sequence the same whether or not the search was interrupted.
             study.sampler = optuna.samplers.RandomSampler(seed=self.settings.seed * 10_000 + stage * 1_000 + number)
-            anchor = anchors[number % len(anchors)]
+            anchor = anchors[done % len(anchors)]
             trial = study.ask(stage_distributions(stage, self.space, anchor, self.train_ssim))
             self._finish(study, stage, trial.number, {k: int(v) for k, v in trial.params.items()}, bar)
 
@@ -587,7 +594,8 @@ Objective: image AUROC on that validation set, at the best lambda / score window
 
 Best trial {b.name}: {b.params}, lambda {b.best_lam}, score window {b.best_score_window}
 (validation AUROC {fmt(b.objective)}, standard error {fmt(outcome.standard_error)}: trials closer than about
-twice that cannot be told apart on this validation set). Untuned trial {u.name}: validation AUROC {fmt(u.val_auroc_base_scoring)}
+twice that cannot be told apart on this validation set; being the maximum over all trials and scoring
+settings, it is optimistic, and the test rows below are the unbiased figures). Untuned trial {u.name}: validation AUROC {fmt(u.val_auroc_base_scoring)}
 at its own scoring, {fmt(u.objective)} with the scoring searched.
 
 | on the held-back test images | image AUROC | pixel AUROC | F1 at threshold |
