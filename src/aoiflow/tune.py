@@ -34,7 +34,7 @@ from aoiflow import data
 from aoiflow.config import Config, save_config
 from aoiflow.fileio import atomic_write_text
 from aoiflow.runs import TrainedModel
-from aoiflow.scoring import anomaly_map, calibrate, combined_score, pool_map
+from aoiflow.scoring import anomaly_map, calibrate, combined_score, pool_map, score_images
 
 STAGE_SHARES = (0.5, 0.3, 0.2)  # default split of --trials over the three stages
 TRIAL_FIELDS = ["stage", "trial", "name", "state", "baseline", "w_con", "w_enc", "w_adv", "latent_size", "image_size",
@@ -260,17 +260,6 @@ class ImageCache:
         return data.LoadedImages(images, ok, sizes, skipped)
 
 
-@torch.inference_mode()
-def reconstruct(model: TrainedModel, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
-    """(N, C, S, S) images in [0, 1] -> reconstructions (N, C, S, S) in [0, 1] and L (N,)."""
-    recs, ls = [], []
-    for i in range(0, len(images), batch_size):
-        out = model.generator(images[i : i + batch_size] * 2 - 1)
-        recs.append((out.reconstruction + 1) * 0.5)
-        ls.append((out.latent - out.latent_hat).pow(2).flatten(1).mean(1))
-    return torch.cat(recs), torch.cat(ls).numpy()
-
-
 @dataclass
 class ScoringChoice:
     objective: float            # best validation AUROC over the scoring grid
@@ -284,8 +273,9 @@ def search_scoring(model: TrainedModel, normals: torch.Tensor, anomalies: torch.
     """Try every (lambda, score window) on one model's cached outputs; the normals give the
     z-score statistics. Ties go to the setting nearest the base config's."""
     sc = base.scoring
-    rec_n, l_n = reconstruct(model, normals)
-    rec_a, l_a = reconstruct(model, anomalies)
+    cached_n = score_images(model.generator, normals, sc, keep_reconstructions=True)
+    cached_a = score_images(model.generator, anomalies, sc, keep_reconstructions=True)
+    (rec_n, l_n), (rec_a, l_a) = (cached_n.reconstructions, cached_n.l), (cached_a.reconstructions, cached_a.l)
     labels = np.r_[np.zeros(len(normals)), np.ones(len(anomalies))]
     windows = space.score_windows if sc.score == "ssim" else (sc.ssim_window,)
     grid: list[tuple[float, int, float]] = []
