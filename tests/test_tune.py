@@ -296,3 +296,17 @@ def test_l1_preset_searches_no_ssim_windows(tile_subset, tmp_path):
     assert all(r["train_window"] == "" and r["best_score_window"] == "" for r in rows)
     assert outcome.best_config.loss.contextual == "l1" and outcome.best_config.scoring.score == "l1"
     assert load_config(out / "best.yaml").scoring.lam == outcome.best.best_lam
+
+
+def test_search_on_generated_surfaces_needs_no_shared_data(tmp_path):
+    from aoiflow.synth import make_surface_dataset
+
+    root = make_surface_dataset(tmp_path / "surf", n_train=16, n_test_good=4, n_per_defect=3, size=32)
+    out = tmp_path / "search"
+    outcome = tune(root, out, _tiny_base(), TINY_SPACE, TuneSettings(stage_trials=(1, 1, 1), val_fraction=0.34),
+                   progress=False, log=lambda s: None)
+    assert len(_rows(out / "trials.csv")) == 3
+    # two defect kinds of three images: one of each validates, the other two of each are tested
+    assert outcome.test["tuned"]["counts"] == {"normal": 4, "anomalous": 4, "skipped": 0}
+    assert outcome.test["untuned"]["counts"] == outcome.test["tuned"]["counts"]
+    assert load_config(out / "best.yaml").model.image_size == 32
