@@ -116,7 +116,8 @@ def tune(
     trials: int = typer.Option(20, help="trials in all, shared 50/30/20 % over the three stages"),
     stage_trials: Optional[str] = typer.Option(None, help="trials per stage, e.g. 10,6,4 (overrides --trials)"),
     top: int = typer.Option(3, help="how many of the best trials stage 3 refines"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs per trial"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs per trial (default: the preset's 200; "
+                                                     "a search on a CPU wants far fewer, e.g. 8)"),
     batch_size: Optional[int] = typer.Option(None, help="images per step"),
     base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer"),
     lr: Optional[float] = typer.Option(None, help="learning rate"),
