@@ -210,7 +210,8 @@ def test_search_writes_table_plot_best_config_and_a_fair_comparison(tile_subset,
     res = CliRunner().invoke(app, ["test", str(out / "best_run"), str(tile_subset), "--quiet",
                                    "--exclude", str(out / "validation_anomalies.txt"), "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["counts"]["anomalous"] == 4
+    tested = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert tested["counts"]["anomalous"] == 4 and tested["excluded"] == 2
 
 
 def test_interrupted_search_resumes_where_it_stopped_with_the_same_trials(tile_subset, tmp_path, monkeypatch):

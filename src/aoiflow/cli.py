@@ -139,9 +139,9 @@ def tune(
             preset = "ganomaly-ssim-ssim"
         base = build_config(preset, config, {"train": {"epochs": epochs, "batch_size": batch_size, "lr": lr},
                                              "model": {"base_width": base_width}})
-        space = SearchSpace()
-        sizes, latents = _int_list(image_sizes, "--image-sizes"), _int_list(latent_sizes, "--latent-sizes")
-        space = SearchSpace(image_sizes=sizes or space.image_sizes, latent_sizes=latents or space.latent_sizes)
+        narrowed = {"image_sizes": _int_list(image_sizes, "--image-sizes"),
+                    "latent_sizes": _int_list(latent_sizes, "--latent-sizes")}
+        space = SearchSpace(**{k: v for k, v in narrowed.items() if v})
         per_stage = _int_list(stage_trials, "--stage-trials") or split_trials(trials)
         settings = TuneSettings(stage_trials=per_stage, top_few=top, val_fraction=val_fraction,
                                 val_dir=str(val) if val else None, seed=seed)

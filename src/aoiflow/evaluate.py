@@ -42,6 +42,7 @@ class Evaluation:
     ms_per_image: float
     original_sizes: list[tuple[int, int]]
     pixel_threshold: float | None
+    excluded: int = 0  # test images left out on request (e.g. a parameter search's validation anomalies)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -73,9 +74,9 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
     if model.calibration is None:
         raise RunError("this run has no calibration (training did not finish); resume it with `aoiflow train --resume`")
     cfg = model.config
-    samples = data.test_samples(data_root)
-    if exclude:
-        samples = [s for s in samples if s.path.resolve() not in exclude]
+    all_samples = data.test_samples(data_root)
+    samples = [s for s in all_samples if s.path.resolve() not in exclude] if exclude else all_samples
+    n_excluded = len(all_samples) - len(samples)
     loaded = data.load_images([s.path for s in samples], model.channels, cfg.model.image_size, progress)
     size_of = dict(zip(loaded.paths, loaded.original_sizes))
     samples = [s for s in samples if s.path in size_of]
@@ -90,7 +91,7 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
         samples, loaded.images, raw.reconstructions, raw.maps, _load_masks(samples, cfg.model.image_size),
         raw.r, raw.l, a, minmax_score(raw.r, raw.l, cfg.scoring.lam),
         model.calibration.threshold if threshold is None else threshold, loaded.skipped, ms,
-        [size_of[s.path] for s in samples], model.calibration.map_high,
+        [size_of[s.path] for s in samples], model.calibration.map_high, n_excluded,
     )
 
 
@@ -259,7 +260,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path
     ev = run_evaluation(model, data_root, threshold, progress=progress, exclude=exclude)
     metrics = compute_metrics(ev)
     metrics.update(run=str(run_dir), data=str(data_root), preset=model.config.preset, epoch=model.epoch,
-                   excluded=len(exclude or ()))
+                   excluded=ev.excluded)
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "scores.csv", _scores_csv(ev))

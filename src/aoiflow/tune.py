@@ -374,10 +374,9 @@ class Search:
 
     def _write_validation_lists(self) -> None:
         rel = lambda p: str(p.resolve().relative_to(self.data_root.resolve()))  # noqa: E731
-        inside = [p for p in self.validation.excluded_from_test]
         atomic_write_text(self.out / "validation_anomalies.txt",
                           "# test images set aside for validation; aoiflow test --exclude this file\n"
-                          + "".join(f"{rel(p)}\n" for p in sorted(inside)))
+                          + "".join(f"{rel(p)}\n" for p in sorted(self.validation.excluded_from_test)))
 
     def _storage(self) -> str:
         return f"sqlite:///{(self.out / 'study.db').resolve()}"
