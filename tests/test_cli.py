@@ -127,3 +127,167 @@ def test_demo_runs_the_whole_line(tmp_path):
     for name in ("roc_all.png", "hist_all.png", "panels.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "baseline" in text and "glue_overflow" in text
+
+
+# --- help, defaults and flag errors -------------------------------------------------------------
+
+USAGE = {"train": "DATA", "test": "RUN DATA", "tune": "DATA", "predict": "RUN TARGET", "prelabel": "RUN IMAGES",
+         "preprocess": "RAW OUT", "synth": "OUT", "export": "RUN", "demo": ""}
+
+
+def _help(*command):
+    """The help page as one line of words: rich's boxes and wrapping removed."""
+    result = runner.invoke(app, [*command, "--help"], prog_name="aoiflow")
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in USAGE)])
+def test_help_shows_no_type_for_switches_and_no_braces(command):
+    text = _help(*command)
+    assert "<bool>" not in text and "{" not in text
+    assert "--help Show this message and exit." in text
+    if command:
+        assert f"Usage: aoiflow {command[0]} [OPTIONS] {USAGE[command[0]]}".strip() in text
+        assert "--quiet no progress bars" in text or command == ["export"]
+
+
+def test_help_states_the_defaults():
+    train = _help("train")
+    assert "--preset <str> one of: ganomaly-l1-l1, ganomaly-ssim-l1, ganomaly-ssim-ssim (default ganomaly-ssim-ssim)" in train
+    assert "--epochs <int> training epochs (default 200)" in train
+    assert "--batch-size <int> images per step (default 1)" in train
+    assert "--image-size <int> model input size, a power of two from 32 to 256 (default 128; ganomaly-l1-l1: 64)" in train
+    assert "--base-width <int> channels of the first conv layer (default 64)" in train
+    assert "--threads <int> CPU threads for torch (default 2);" in train and "slow each other 3-10x" in train
+    assert "--max-pixels <int> refuse images with more pixels than this; default 64000000" in train
+    assert "--epochs <int> training epochs per trial (default 200;" in _help("tune")
+
+
+def test_the_pixel_limit_in_help_is_the_library_default():
+    from aoiflow import cli, data
+
+    assert cli.DEFAULT_MAX_PIXELS == data.DEFAULT_MAX_PIXELS
+
+
+def test_a_bad_flag_value_names_the_flag(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--epochs", "0"])
+    assert result.exit_code == 2
+    assert result.output == "error: --epochs: Input should be greater than or equal to 1\n"
+
+
+def test_a_bad_file_value_names_the_file_and_field(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"train": {"epochs": 0}}))
+    result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(f)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {f}: train.epochs: Input should be greater than or equal to 1\n"
+    # a flag that was given replaces the file's bad value: the run gets as far as the (missing) images
+    fixed = runner.invoke(app, ["train", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--config", str(f),
+                                "--epochs", "1"])
+    assert fixed.exit_code == 2 and "train.epochs" not in fixed.output and "data folder not found" in fixed.output
+
+
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--max-pixels", "3")])
+def test_counts_below_their_minimum_are_refused(tmp_path, flag, value):
+    result = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "p"), flag, value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{flag}': must be at least" in result.output
+
+
+# --- threads, pixel limit, overwrite, Ctrl-C ---------------------------------------------------
+
+@pytest.fixture
+def tiny_images(tmp_path):
+    """Eight 32x32 grey noise images in DATA/train/good: enough to train one epoch in seconds."""
+    import numpy as np
+    from PIL import Image
+
+    good = tmp_path / "tiny" / "train" / "good"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray((rng.random((32, 32)) * 60 + 100).astype("uint8")).save(good / f"{i}.png")
+    return tmp_path / "tiny"
+
+
+@pytest.fixture
+def default_pixel_limit():
+    from aoiflow import data
+
+    yield
+    data.set_max_pixels(data.DEFAULT_MAX_PIXELS)  # the limit is process-wide: leave it as found
+
+
+def test_threads_reach_torch_and_overwrite_and_pixel_limit(tiny_images, tmp_path, tiny_yaml, default_pixel_limit):
+    import torch
+
+    run, pred, good = tmp_path / "run", tmp_path / "pred", str(tiny_images / "train" / "good")
+    result = runner.invoke(app, ["train", str(tiny_images), "--out", str(run), "--config", str(tiny_yaml), "--epochs", "1",
+                                 "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 1 and yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"] == 1
+
+    result = runner.invoke(app, ["predict", str(run), good, "--out", str(pred), "--threads", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 3
+
+    again = runner.invoke(app, ["predict", str(run), good, "--out", str(pred), "--quiet"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    refused = runner.invoke(app, ["predict", str(run), good, "--out", str(pred), "--overwrite", "--max-pixels", "1000",
+                                  "--quiet"])
+    assert refused.exit_code == 2 and "1,024 pixels is over the limit of 1,000" in refused.output
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "{tmp}/none", "--out", "{tmp}/r"], ["test", "{tmp}/norun", "{tmp}"], ["tune", "{tmp}/none", "--out", "{tmp}/t"],
+    ["predict", "{tmp}/norun", "{tmp}", "--out", "{tmp}/p"], ["prelabel", "{tmp}/norun", "{tmp}", "--out", "{tmp}/p"],
+    ["preprocess", "{tmp}/none", "{tmp}/o"]])
+def test_every_reading_command_sets_the_pixel_limit(tmp_path, monkeypatch, command):
+    from aoiflow import data
+
+    limits = []
+    monkeypatch.setattr(data, "set_max_pixels", limits.append)
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in command] + ["--max-pixels", "5000"])
+    assert result.exit_code == 2, result.output  # the folders are missing: a known error, after the limit was set
+    assert limits == [5000]
+
+
+@pytest.mark.parametrize("command, patch", [
+    (["test", "{tmp}/run", "{tmp}"], "aoiflow.evaluate.evaluate"),
+    (["prelabel", "{tmp}/run", "{tmp}", "--out", "{tmp}/p"], "aoiflow.predict.Inspector.load")])
+def test_threads_reach_the_model_loading_commands(tmp_path, monkeypatch, command, patch):
+    from aoiflow.runs import RunError
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise RunError("stop here")
+
+    monkeypatch.setattr(patch, record)
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in command] + ["--threads", "3"])
+    assert result.exit_code == 2 and result.output == "error: stop here\n"
+    assert seen["threads"] == 3
+
+
+def test_export_sets_the_threads(tmp_path):
+    import torch
+
+    result = runner.invoke(app, ["export", str(tmp_path / "norun"), "--threads", "3"])
+    assert result.exit_code == 2 and "run folder not found" in result.output
+    assert torch.get_num_threads() == 3
+
+
+def test_ctrl_c_during_training_says_how_to_resume(tmp_path, monkeypatch):
+    import aoiflow.train as train
+
+    message = f"interrupted: 1 of 2 epochs finished and are saved in {tmp_path}; continue with `aoiflow train ... --resume`"
+
+    def interrupted(*args, **kwargs):
+        raise train.TrainingInterrupted(message)
+
+    monkeypatch.setattr(train, "fit", interrupted)
+    result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 130
+    assert result.output == message + "\n"

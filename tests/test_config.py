@@ -58,3 +58,34 @@ def test_broken_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="unknown preset"):
         build_config("ganomaly-l2")
+
+
+FLAGS = {"train.epochs": "--epochs", "scoring.lam": "--lam", "preprocess.threshold": "--threshold"}
+
+
+def test_a_bad_value_from_a_flag_names_the_flag():
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides={"train": {"epochs": 0}}, flags=FLAGS)
+    assert str(err.value) == "--epochs: Input should be greater than or equal to 1"
+
+
+def test_a_flag_that_was_not_given_leaves_the_blame_on_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"train": {"epochs": 0}}))
+    with pytest.raises(ConfigError) as err:
+        build_config(config_file=f, overrides={"train": {"epochs": None}, "scoring": {"lam": 2}}, flags=FLAGS)
+    assert str(err.value) == (f"{f}: train.epochs: Input should be greater than or equal to 1; "
+                              "--lam: Input should be less than or equal to 1")
+
+
+def test_a_union_field_blames_its_flag_for_every_alternative():
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides={"preprocess": {"threshold": "abc"}}, flags=FLAGS)
+    problems = str(err.value).split("; ")
+    assert len(problems) == 2 and all(p.startswith("--threshold: Input should be") for p in problems)
+
+
+def test_value_errors_read_without_pydantic_prefix():
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides={"model": {"image_size": 100}})
+    assert str(err.value) == "settings: model.image_size: image_size must be a power of two from 32 to 256, got 100"

@@ -125,8 +125,12 @@ def test_prelabel_on_real_images_end_to_end(tile_subset, tmp_path, tiny_config):
     sizes = {(i["width"], i["height"]) for i in coco["images"]}
     assert len(sizes) > 1  # real tiles differ in size; labels are in each image's own pixels
     assert len(list((tmp_path / "out" / "review").glob("*.png"))) == 10
-    # a re-run replaces files whole: no temp files left behind
-    prelabel_folder(inspector, folder, tmp_path / "out", ["coco"], settings, review=False, progress=False)
+    # a re-run is refused, then with overwrite replaces files whole: no temp files left behind
+    with pytest.raises(data.DataLayoutError, match="--overwrite"):
+        prelabel_folder(inspector, folder, tmp_path / "out", ["coco"], settings, review=False, progress=False)
+    prelabel_folder(inspector, folder, tmp_path / "out", ["coco"], settings, review=False, progress=False,
+                    overwrite=True)
+    assert not (tmp_path / "out" / "labelme").exists()  # the first run's other formats went with it
     assert not list((tmp_path / "out").rglob("*.tmp"))
 
 

@@ -8,7 +8,7 @@ from aoiflow.runs import RunError, TrainedModel, load_checkpoint
 from aoiflow.scoring import score_images
 from aoiflow.synth import add_defect, make_surface_dataset, normal_surface
 from aoiflow import train as train_module
-from aoiflow.train import fit, split_holdout
+from aoiflow.train import TrainingInterrupted, fit, split_holdout
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_resume_continues_to_the_same_result(surfaces, tmp_path, tiny_config, mo
         return real_step(*args)
 
     monkeypatch.setattr(train_module, "train_step", crash_in_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="2 of 3 epochs finished"):
         fit(surfaces, tmp_path / "stopped", three, progress=False)
     monkeypatch.setattr(train_module, "train_step", real_step)
     assert load_checkpoint(tmp_path / "stopped")["epoch"] == 2

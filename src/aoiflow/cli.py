@@ -8,14 +8,54 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from aoiflow.config import PRESET_NAMES, ConfigError, build_config
+from aoiflow.config import DEFAULT_PRESET, PRESET_NAMES, Config, ConfigError, TrainConfig, build_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="aoiflow: learn normal parts from normal images, flag and locate anything else.")
+
+class _PlainHelp:
+    """Help without Typer 0.29's placeholders. Its rich help takes an option's type column from
+    ``display_type_rich()``, which prints the annotation (``<bool>``) unless a metavar is set and
+    never asks whether the option is a flag: every switch, --help too, read ``--quiet <bool>``.
+    An empty metavar prints nothing. Arguments get click's upper-case names (DATA), which the
+    help texts use."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # includes the lazily made --help option
+        for p in params:
+            if p.metavar is None and getattr(p, "is_flag", False):
+                p.metavar = ""
+            elif p.metavar is None and p.param_type_name == "argument":
+                p.metavar = p.name.upper()
+        return params
+
+
+class _Command(_PlainHelp, TyperCommand):
+    def collect_usage_pieces(self, ctx):
+        # Typer writes a required argument as {data}; click's usage reads DATA, [OPTIONAL]
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = p.metavar + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)  # every command, present and future, gets the plain help
+        return super().command(*args, **kwargs)
+
+
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True,
+           help="aoiflow: learn normal parts from normal images, flag and locate anything else.")
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
@@ -35,8 +75,55 @@ def _short_warnings() -> None:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
 
 
-PresetOpt = typer.Option(None, "--preset", help=f"one of: {', '.join(PRESET_NAMES)}")
-ConfigOpt = typer.Option(None, "--config", exists=False, help="YAML settings (partial is fine)")
+_PRESETS = {name: build_config(name) for name in PRESET_NAMES}
+DEFAULT_THREADS = TrainConfig.model_fields["threads"].default
+DEFAULT_MAX_PIXELS = 64_000_000  # aoiflow.data.DEFAULT_MAX_PIXELS, not imported: it would load torch for --help
+
+
+def _preset_default(field: str) -> str:
+    """'default 128; ganomaly-l1-l1: 64': the default preset's value, then the presets that differ."""
+    section, key = field.split(".")
+    value = {name: getattr(getattr(cfg, section), key) for name, cfg in _PRESETS.items()}
+    others = [f"{name}: {v}" for name, v in value.items() if v != value[DEFAULT_PRESET]]
+    return "; ".join([f"default {value[DEFAULT_PRESET]}", *others])
+
+
+PresetOpt = typer.Option(None, "--preset", help=f"one of: {', '.join(PRESET_NAMES)} (default {DEFAULT_PRESET})")
+ConfigOpt = typer.Option(None, "--config", exists=False,
+                         help="YAML settings, partial is fine (its values replace the preset's; flags replace both)")
+QuietOpt = typer.Option(False, "--quiet", help="no progress bars")
+
+
+def _at_least(low: int):
+    """A flag check; Typer's own min= would print the type as '<int range> [x>=1]'."""
+    def check(value: int | None) -> int | None:
+        if value is not None and value < low:
+            raise typer.BadParameter(f"must be at least {low}, got {value}")
+        return value
+    return check
+
+
+ThreadsOpt = typer.Option(None, "--threads", callback=_at_least(1),
+                          help=f"CPU threads for torch (default {DEFAULT_THREADS}); jobs that together use more "
+                               "threads than there are cores slow each other 3-10x")
+MaxPixelsOpt = typer.Option(None, "--max-pixels", callback=_at_least(4),
+                            help=f"refuse images with more pixels than this; default {DEFAULT_MAX_PIXELS}")
+
+
+def _config(preset: str | None, config: Path | None, flags: dict[str, tuple[str, Any]]) -> Config:
+    """build_config from flag values, ``{"--epochs": ("train.epochs", 5)}``, so a bad value names its flag."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for field, value in flags.values():
+        section, key = field.split(".")
+        overrides.setdefault(section, {})[key] = value
+    return build_config(preset, config, overrides, flags={field: flag for flag, (field, _) in flags.items()})
+
+
+def _limit_pixels(max_pixels: int | None) -> None:
+    if max_pixels is not None:
+        from aoiflow.data import set_max_pixels
+
+        set_max_pixels(max_pixels)
 
 
 @app.command()
@@ -45,27 +132,40 @@ def train(
     out: Path = typer.Option(..., "--out", help="run folder to write"),
     preset: Optional[str] = PresetOpt,
     config: Optional[Path] = ConfigOpt,
-    epochs: Optional[int] = typer.Option(None, help="training epochs"),
-    batch_size: Optional[int] = typer.Option(None, help="images per step"),
-    image_size: Optional[int] = typer.Option(None, help="model input size (power of two, 32-256)"),
-    base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer"),
-    seed: Optional[int] = typer.Option(None, help="random seed"),
+    epochs: Optional[int] = typer.Option(None, help=f"training epochs ({_preset_default('train.epochs')})"),
+    batch_size: Optional[int] = typer.Option(None, help=f"images per step ({_preset_default('train.batch_size')})"),
+    image_size: Optional[int] = typer.Option(None, help="model input size, a power of two from 32 to 256 "
+                                                        f"({_preset_default('model.image_size')})"),
+    base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer "
+                                                        f"({_preset_default('model.base_width')})"),
+    seed: Optional[int] = typer.Option(None, help=f"random seed ({_preset_default('train.seed')})"),
+    false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
+                                                     help="share of normal parts the line may flag; sets the "
+                                                          f"threshold ({_preset_default('scoring.false_alarm_rate')})"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Train GANomaly on normal images; writes RUN/checkpoint.pt, config.yaml, history.csv."""
-    from aoiflow.train import fit
+    from aoiflow.train import TrainingInterrupted, fit
 
     _short_warnings()
-    overrides = {"train": {"epochs": epochs, "batch_size": batch_size, "seed": seed},
-                 "model": {"image_size": image_size, "base_width": base_width}}
+    flags = {"--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
+             "--seed": ("train.seed", seed), "--threads": ("train.threads", threads),
+             "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
+             "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width)}
     try:
         if preset is None and config is None and not resume:
-            preset = "ganomaly-ssim-ssim"
+            preset = DEFAULT_PRESET
         if resume and preset is None and config is None and (out / "config.yaml").is_file():
             config = out / "config.yaml"
-        cfg = build_config(preset, config, overrides)
+        cfg = _config(preset, config, flags)
+        _limit_pixels(max_pixels)
         ckpt = fit(data, out, cfg, resume=resume, progress=not quiet)
+    except TrainingInterrupted as exc:  # a RunError too: caught first, for its own colour and exit code
+        typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     except _known_errors() as exc:
         _fail(exc)
     typer.echo(f"trained {cfg.preset or 'custom config'} -> {ckpt}")
@@ -79,15 +179,19 @@ def test(
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
     exclude: Optional[Path] = typer.Option(None, "--exclude", help="file listing test images to leave out "
                                            "(one per line, relative to DATA), e.g. TUNE/validation_anomalies.txt"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Score DATA/test: metrics.json, scores.csv, roc.png, score_hist.png, panel.png, report.html."""
     from aoiflow.evaluate import evaluate, read_exclude_list
 
     _short_warnings()
     try:
+        _limit_pixels(max_pixels)
         left_out = read_exclude_list(exclude, data) if exclude else None
-        metrics = evaluate(run, data, out, threshold, progress=not quiet, exclude=left_out)
+        metrics = evaluate(run, data, out, threshold, progress=not quiet, exclude=left_out,
+                           threads=threads or DEFAULT_THREADS)
     except _known_errors() as exc:
         _fail(exc)
     where = out or run / "eval"
@@ -116,29 +220,35 @@ def tune(
     trials: int = typer.Option(20, help="trials in all, shared 50/30/20 % over the three stages"),
     stage_trials: Optional[str] = typer.Option(None, help="trials per stage, e.g. 10,6,4 (overrides --trials)"),
     top: int = typer.Option(3, help="how many of the best trials stage 3 refines"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs per trial (default: the preset's 200; "
+    epochs: Optional[int] = typer.Option(None, help=f"training epochs per trial ({_preset_default('train.epochs')}; "
                                                      "a search on a CPU wants far fewer, e.g. 8)"),
-    batch_size: Optional[int] = typer.Option(None, help="images per step"),
-    base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer"),
-    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    batch_size: Optional[int] = typer.Option(None, help=f"images per step ({_preset_default('train.batch_size')})"),
+    base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer "
+                                                        f"({_preset_default('model.base_width')})"),
+    lr: Optional[float] = typer.Option(None, help=f"learning rate ({_preset_default('train.lr')})"),
     image_sizes: Optional[str] = typer.Option(None, help="image sizes to search (default 64,128,256)"),
     latent_sizes: Optional[str] = typer.Option(None, help="latent sizes to search (default 64,100,128,256,512,1024)"),
     val: Optional[Path] = typer.Option(None, "--val", help="labelled validation images: VAL/<defect>/ (and VAL/good)"),
     val_fraction: float = typer.Option(0.2, help="without --val: this fraction of each defect type in DATA/test "
                                                  "validates and is left out of the final test"),
     seed: int = typer.Option(0, help="seed of the sampler and of the validation split"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
     resume: bool = typer.Option(False, "--resume", help="continue the search in --out"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Three-stage random search over loss weights, latent and image size, SSIM windows and lambda."""
     from aoiflow.tune import SearchSpace, TuneError, TuneSettings, split_trials, tune as run_tune
 
     _short_warnings()
+    flags = {"--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
+             "--lr": ("train.lr", lr), "--threads": ("train.threads", threads),
+             "--base-width": ("model.base_width", base_width)}
     try:
         if preset is None and config is None:
-            preset = "ganomaly-ssim-ssim"
-        base = build_config(preset, config, {"train": {"epochs": epochs, "batch_size": batch_size, "lr": lr},
-                                             "model": {"base_width": base_width}})
+            preset = DEFAULT_PRESET
+        base = _config(preset, config, flags)
+        _limit_pixels(max_pixels)
         narrowed = {"image_sizes": _int_list(image_sizes, "--image-sizes"),
                     "latent_sizes": _int_list(latent_sizes, "--latent-sizes")}
         space = SearchSpace(**{k: v for k, v in narrowed.items() if v})
@@ -159,6 +269,41 @@ def tune(
 
 
 @app.command()
+def calibrate(
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
+    normals: Optional[Path] = typer.Argument(None, help="normal images (a file or folder) the run never trained on "
+                                                        "(default: the run's own held-out normals)"),
+    false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
+                                                     help="share of normal parts the line may flag, e.g. 0.01 "
+                                                          "(default: the run's); 1/rate - 1 normals are needed"),
+    raw: bool = typer.Option(False, "--raw", help="the normals are raw frames: apply the run's preprocessing first"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Set the decision threshold again from normal images (new lighting, camera or target), no retraining."""
+    import torch
+
+    from aoiflow.calibrate import CalibrationError
+    from aoiflow.predict import collect_inputs
+    from aoiflow.recalibrate import recalibrate_run
+
+    _short_warnings()
+    try:
+        if false_alarm_rate is not None and not 0 < false_alarm_rate < 1:
+            raise ConfigError(f"--false-alarm-rate {false_alarm_rate}: must be between 0 and 1")
+        _limit_pixels(max_pixels)
+        torch.set_num_threads(threads or DEFAULT_THREADS)
+        paths = collect_inputs(normals) if normals is not None else None
+        cal, skipped = recalibrate_run(run, paths, false_alarm_rate, raw=raw, progress=not quiet)
+    except (*_known_errors(), CalibrationError) as exc:
+        _fail(exc)
+    for path, why in skipped:
+        typer.echo(f"skipped {path}: {why}", err=True)
+    typer.echo(f"calibrated {run}: {cal.summary()}")
+
+
+@app.command()
 def predict(
     run: Path = typer.Argument(..., help="run folder written by `aoiflow train`, or an exported .onnx/.xml model"),
     target: Path = typer.Argument(..., help="an image file or a folder of images"),
@@ -167,7 +312,10 @@ def predict(
     no_maps: bool = typer.Option(False, "--no-maps", help="skip writing anomaly-map PNGs"),
     raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
     precision: str = typer.Option("f32", help="OpenVINO models: f32 (exact) or bf16 (faster where the CPU has it)"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Judge new images: OUT/predictions.csv (path, R, L, A, decision) and OUT/maps/*.png."""
     from aoiflow.predict import Inspector, predict_to_folder
@@ -176,8 +324,10 @@ def predict(
     try:
         if precision not in ("f32", "bf16"):
             raise ConfigError(f"--precision {precision!r}: choose f32 or bf16")
-        inspector = Inspector.load(run, threshold, precision=precision)
-        results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet, raw=raw)
+        _limit_pixels(max_pixels)
+        inspector = Inspector.load(run, threshold, threads=threads or DEFAULT_THREADS, precision=precision)
+        results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet, raw=raw,
+                                    overwrite=overwrite)
     except _known_errors() as exc:
         _fail(exc)
     bad = [r for r in results if r.status != "ok"]
@@ -203,7 +353,10 @@ def prelabel(
     raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
     yolo_segments: bool = typer.Option(False, "--yolo-segments", help="YOLO files with polygons instead of boxes"),
     no_review: bool = typer.Option(False, "--no-review", help="skip the review sheet PNGs"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Turn anomaly maps into label files (LabelMe/VOC/COCO/YOLO/masks) and review sheets."""
     from aoiflow.predict import Inspector
@@ -211,11 +364,13 @@ def prelabel(
 
     _short_warnings()
     try:
-        inspector = Inspector.load(run, threshold)
+        _limit_pixels(max_pixels)
+        inspector = Inspector.load(run, threshold, threads=threads or DEFAULT_THREADS)
         settings = default_region_settings(inspector, pixel_threshold, min_area=min_area, opening=opening,
                                            closing=closing, label=label)
         summary = prelabel_folder(inspector, images, out, fmt, settings, review=not no_review, progress=not quiet,
-                                  raw=raw, label_from_folder=label_from_folder, yolo_segments=yolo_segments)
+                                  raw=raw, label_from_folder=label_from_folder, yolo_segments=yolo_segments,
+                                  overwrite=overwrite)
     except (*_known_errors(), ValueError) as exc:
         _fail(exc)
     typer.echo(f"{summary['images']} images, {summary['anomalous']} judged anomalous, {summary['regions']} regions "
@@ -228,21 +383,25 @@ def prelabel(
 def preprocess(
     raw: Path = typer.Argument(..., help="folder of raw frames (an MVTec tree keeps its layout; masks follow)"),
     out: Path = typer.Argument(..., help="output folder for surface maps and outlines.csv"),
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings; its preprocess section is used "
+                                                                 "(flags replace its values)"),
     size: Optional[int] = typer.Option(None, help="output surface-map size in pixels"),
     margin: Optional[float] = typer.Option(None, help="margin around the part, fraction of its side"),
     threshold: Optional[str] = typer.Option(None, help="'otsu' or a fixed grey level 0-255"),
     orient: Optional[str] = typer.Option(None, help="'dark_corner' (turn the dark mark top-left) or 'none'"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Raw frames -> canonical, gamma-normalised surface maps; OUT/outlines.csv lists every frame."""
     from aoiflow.preprocess import preprocess_folder
 
     _short_warnings()
     thr = int(threshold) if threshold and threshold.isdigit() else threshold
+    flags = {"--size": ("preprocess.size", size), "--margin": ("preprocess.margin", margin),
+             "--threshold": ("preprocess.threshold", thr), "--orient": ("preprocess.orient", orient)}
     try:
-        cfg = build_config(config_file=config, overrides={"preprocess": {
-            "size": size, "margin": margin, "threshold": thr, "orient": orient}}).preprocess
+        cfg = _config(None, config, flags).preprocess
+        _limit_pixels(max_pixels)
         counts = preprocess_folder(raw, out, cfg, progress=not quiet)
     except _known_errors() as exc:
         _fail(exc)
@@ -255,8 +414,8 @@ def synth(
     out: Path = typer.Argument(..., help="output folder (MVTec layout)"),
     scale: float = typer.Option(1.0, help="fraction of the reference split (500 train / 600 test frames)"),
     severity: float = typer.Option(1.0, help="defect strength (1 = default)"),
-    seed: int = typer.Option(0),
-    quiet: bool = typer.Option(False, "--quiet"),
+    seed: int = typer.Option(0, help="random seed"),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Generate 1280x1024 LED frames with plate-rift, unclean and glue-overflow defects and masks."""
     from aoiflow.ledsynth import make_led_dataset
@@ -274,14 +433,18 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime) or openvino (IR .xml/.bin)"),
     int8: bool = typer.Option(False, "--int8", help="int8 convolutions, calibrated on training normals"),
     data: Optional[Path] = typer.Option(None, "--data", help="training data root for int8 calibration (default: the run's)"),
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Export the scoring graph (image -> R, L, A, anomaly map) with its calibration in the file."""
+    import torch
+
     from aoiflow.export import export_onnx, export_openvino
 
     if fmt not in ("onnx", "openvino"):
         _fail(ValueError(f"--format {fmt!r}: choose onnx or openvino"))
     suffix = ".onnx" if fmt == "onnx" else ".xml"
     target = out or run / (("model-int8" if int8 else "model") + suffix)
+    torch.set_num_threads(threads or DEFAULT_THREADS)  # tracing and int8 calibration run the model in torch
     try:
         write = export_onnx if fmt == "onnx" else export_openvino
         path = write(run, target, int8=int8, data_root=data)
@@ -295,7 +458,7 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="folder for frames, surfaces, runs and the report"),
     scale: float = typer.Option(0.2, help="fraction of the reference LED split to generate"),
     epochs: int = typer.Option(80, help="training epochs per preset"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QuietOpt,
 ) -> None:
     """The whole line on generated LED frames: generate, preprocess, train 3 presets, evaluate, report."""
     from aoiflow.demo import run_led_demo

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESET_NAMES = ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim")
+DEFAULT_PRESET = "ganomaly-ssim-ssim"  # what `train` and `tune` use without --preset or --config
 
 
 class _Section(BaseModel):
@@ -70,7 +71,20 @@ class ScoreConfig(_Section):
     # speckle into coherent regions for localisation and pre-labels.
     map_sigma: float = Field(2.0, ge=0, le=16)
     topk_fraction: float = Field(0.01, gt=0, le=1)
-    threshold_percentile: float = Field(99.0, gt=0, le=100)
+    # The share of normal parts the line may flag: the image threshold is set so that new normal
+    # images exceed it at most this often (aoiflow.calibrate; 99 normals are needed for 1 %).
+    false_alarm_rate: float = Field(0.01, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_percentile(cls, values: Any) -> Any:
+        """Runs and files from before calibration was its own stage give a percentile instead."""
+        if isinstance(values, dict) and "threshold_percentile" in values:
+            values = dict(values)
+            percentile = values.pop("threshold_percentile")
+            if isinstance(percentile, (int, float)) and 0 < percentile < 100:
+                values.setdefault("false_alarm_rate", round(1.0 - percentile / 100.0, 12))
+        return values
 
 
 class PreprocessConfig(_Section):
@@ -158,25 +172,36 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _validate(raw: dict[str, Any], source: str) -> Config:
+def _validate(raw: dict[str, Any], source: str, flags: dict[str, str]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError("; ".join(_describe(err, source, flags) for err in exc.errors())) from None
+
+
+def _describe(err: Any, source: str, flags: dict[str, str]) -> str:
+    """One problem, blamed on the flag that set the field, else on ``source`` and the field."""
+    field = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    for path, flag in flags.items():
+        # a union type reports below the field (preprocess.threshold.int): match the prefix too
+        if field == path or field.startswith(path + "."):
+            return f"{flag}: {msg}"
+    return f"{source}: {field}: {msg}"
 
 
 def build_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> Config:
     """Merge preset < YAML file < overrides and validate.
 
     ``overrides`` is nested like the config (``{"train": {"epochs": 5}}``); ``None`` values are
-    ignored so CLI flags that were not given do not override anything.
+    ignored so CLI flags that were not given do not override anything. ``flags`` names the
+    command-line flag behind an override (``{"train.epochs": "--epochs"}``): a bad value from a
+    flag is reported as ``--epochs: ...``, one from the file as ``FILE: train.epochs: ...``.
     """
     file_raw = _read_yaml(Path(config_file)) if config_file else {}
     name = preset or file_raw.get("preset")
@@ -184,8 +209,19 @@ def build_config(
     raw = _deep_merge(raw, file_raw)
     if preset:
         raw["preset"] = preset
-    raw = _deep_merge(raw, _drop_none(overrides or {}))
-    return _validate(raw, str(config_file) if config_file else "settings")
+    given = _drop_none(overrides or {})
+    raw = _deep_merge(raw, given)
+    # a flag that was not given left the file's value in place: only given flags take the blame
+    blamed = {path: flag for path, flag in (flags or {}).items() if _has_path(given, path)}
+    return _validate(raw, str(config_file) if config_file else "settings", blamed)
+
+
+def _has_path(d: dict[str, Any], dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return False
+        d = d[key]
+    return True
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -33,10 +33,11 @@ class DataLayoutError(ValueError):
     """A data folder is missing or not in the expected layout."""
 
 
-def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
-    """PIL image of any common mode -> float32 array (H, W, C) in [0, 1], C in {1, 3}."""
+def _to_float_array(img: Image.Image, path: Path, sixteen_bit: bool = False) -> np.ndarray:
+    """PIL image of any common mode -> float32 array (H, W, C) in [0, 1], C in {1, 3}.
+    ``sixteen_bit``: the file was 16-bit (it may have been converted to mode 'I' to shrink it)."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    if mode in SIXTEEN_BIT_MODES or (sixteen_bit and mode == "I"):
         arr = np.asarray(img, dtype=np.float32) / 65535.0
         return arr[..., None]
     if mode == "I":
@@ -54,12 +55,72 @@ def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
     raise ImageReadError(path, f"unsupported image mode {mode!r}")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as float32 (H, W, C) in [0, 1], C = 1 for grey and 3 for colour.
+DEFAULT_MAX_PIXELS = 64_000_000
+_max_pixels = DEFAULT_MAX_PIXELS
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
-    Raises ImageReadError naming the file for missing, empty, non-image, truncated or
-    zero-sized files.
-    """
+
+def set_max_pixels(limit: int) -> None:
+    """Refuse images with more than ``limit`` pixels (process-wide, like Pillow's own limit).
+
+    A 12 KB PNG can hold 10000 x 10000 pixels; decoding it costs gigabytes, so the size in the
+    header is checked before any pixel is decoded."""
+    global _max_pixels
+    if limit < 4:
+        raise ValueError(f"the pixel limit must be at least 4, got {limit}")
+    _max_pixels = int(limit)
+
+
+def max_pixels() -> int:
+    return _max_pixels
+
+
+def _open(path: Path) -> Image.Image:
+    """Open (header only) and check the pixel count against the limit before decoding."""
+    with warnings.catch_warnings():
+        # Pillow warns between its limit and twice it; the check below is the one that counts.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(path, f"refused: too many pixels to decode safely (a decompression bomb?): {exc}") from None
+    w, h = img.size
+    if w * h > _max_pixels:
+        img.close()
+        raise ImageReadError(path, f"refused: {w}x{h} = {w * h:,} pixels is over the limit of {_max_pixels:,} "
+                                   f"(--max-pixels)")
+    return img
+
+
+def _reduction(img: Image.Image, size: int | None) -> int:
+    """Integer shrink factor that still leaves at least 3x the model size on each side (Pillow's
+    own reducing gap), so the final antialiased resize gives the same picture."""
+    if size is None:
+        return 1
+    return max(1, min(img.size) // (3 * size))
+
+
+def _decode(img: Image.Image, factor: int) -> tuple[Image.Image, bool]:
+    """Decode, shrinking by ``factor`` on the way where that is cheap (JPEG draft, then a box
+    filter). Returns the image and whether it was 16-bit before any conversion."""
+    sixteen = img.mode in SIXTEEN_BIT_MODES
+    if factor > 1:
+        w, h = img.size
+        if img.format == "JPEG":
+            img.draft(img.mode, (w // factor, h // factor))  # decodes at 1/2, 1/4 or 1/8 scale
+        img.load()
+        if img.mode in ("1", "P") or sixteen:
+            img = img.convert("L" if img.mode == "1" else "RGB" if img.mode == "P" else "I")
+        target = (max(2, round(w / factor)), max(2, round(h / factor)))
+        if img.size != target:  # box (area) filter to a size that keeps the geometry exact
+            img = img.resize(target, Image.Resampling.BOX)
+    img.load()
+    return img, sixteen
+
+
+def read_image_at(path: str | Path, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like ``read_image``; with ``size``, a large image is decoded reduced (still >= 3x ``size``
+    on each side). Returns the array and the file's full (H, W)."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file not found")
@@ -68,18 +129,30 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
     try:
-        with Image.open(path) as img:
-            img.load()
-            arr = _to_float_array(img, path)
+        with _open(path) as img:
+            w, h = img.size
+            decoded, sixteen = _decode(img, _reduction(img, size))
+            arr = _to_float_array(decoded, path, sixteen)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file that can be decoded (PNG/JPEG/BMP/TIFF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ImageReadError(path, f"image is too small ({arr.shape[1]}x{arr.shape[0]} pixels)")
-    return arr
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode this image (lower --max-pixels)") from None
+    if h < 2 or w < 2:
+        raise ImageReadError(path, f"image is too small ({w}x{h} pixels)")
+    return arr, (h, w)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as float32 (H, W, C) in [0, 1], C = 1 for grey and 3 for colour.
+
+    Raises ImageReadError naming the file for missing, empty, non-image, truncated,
+    zero-sized or over-limit (``set_max_pixels``) files.
+    """
+    return read_image_at(path)[0]
 
 
 def is_colour(arr: np.ndarray, tol: float = 2.0 / 255.0) -> bool:
@@ -111,9 +184,15 @@ def resize_tensor(x: torch.Tensor, size: int | tuple[int, int], mode: str = "bil
 
 def load_tensor(path: str | Path, channels: int, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Read one image as a model input: (C, size, size) float in [0, 1], plus original (H, W)."""
-    arr = to_channels(read_image(path), channels)
+    arr, full_hw = read_image_at(path, size)  # predict.Inspector makes its inputs the same way
+    return to_model_input(arr, channels, size), full_hw
+
+
+def to_model_input(arr: np.ndarray, channels: int, size: int) -> torch.Tensor:
+    """(H, W, C) float array in [0, 1] -> (channels, size, size) tensor: the one way images reach a model."""
+    arr = to_channels(arr, channels)
     t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
-    return resize_tensor(t, size)[0], (arr.shape[0], arr.shape[1])
+    return resize_tensor(t, size)[0]
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -186,7 +265,7 @@ def detect_channels(paths: list[Path], max_files: int = 32) -> int:
     """1 when the (first few readable) images are grey, 3 when any carries real colour."""
     for path in paths[:max_files]:
         try:
-            if is_colour(read_image(path)):
+            if is_colour(read_image_at(path, 32)[0]):
                 return 3
         except ImageReadError:
             continue

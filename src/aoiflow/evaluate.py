@@ -19,7 +19,8 @@ from aoiflow import data
 from aoiflow.fileio import atomic_write_text
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.config import ScoreConfig
-from aoiflow.scoring import calibrate, combined_score, minmax_score, score_batch, score_images
+from aoiflow.calibrate import combined_score, decide, fit_calibration, verdict
+from aoiflow.scoring import minmax_score, score_batch, score_images
 
 SCORE_FIELDS = ["path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"]
 
@@ -91,7 +92,7 @@ def run_evaluation(model: TrainedModel, data_root: str | Path, threshold: float 
         samples, loaded.images, raw.reconstructions, raw.maps, _load_masks(samples, cfg.model.image_size),
         raw.r, raw.l, a, minmax_score(raw.r, raw.l, cfg.scoring.lam),
         model.calibration.threshold if threshold is None else threshold, loaded.skipped, ms,
-        [size_of[s.path] for s in samples], model.calibration.map_high, n_excluded,
+        [size_of[s.path] for s in samples], model.calibration.pixel_threshold, n_excluded,
     )
 
 
@@ -105,7 +106,7 @@ def recalibrate(model: TrainedModel, data_root: str | Path, settings: ScoreConfi
         raise data.DataLayoutError(f"{data_root}: none of the run's held-out normal images could be read")
     raw = score_images(model.generator, loaded.images, settings, keep_maps=True)
     config = model.config.model_copy(update={"scoring": settings})
-    cal = calibrate(raw.r, raw.l, settings.lam, settings.threshold_percentile, raw.maps)
+    cal = fit_calibration(raw.r, raw.l, settings.lam, settings.false_alarm_rate, raw.maps, source="held-out normals")
     return TrainedModel(model.generator, config, model.channels, cal, model.epoch, model.split, model.data_root)
 
 
@@ -128,14 +129,16 @@ def localisation_metrics(ev: Evaluation, min_area: float = 4.0) -> dict:
     from aoiflow.prelabel import RegionSettings, find_regions
 
     out: dict = {}
-    with_mask = [i for i, m in enumerate(ev.masks) if m is not None]
+    # As for pixel AUROC: a defect image with an empty mask has nothing to localise, and its
+    # (defect) pixels must not count as defect-free ones.
+    with_mask = [i for i, m in enumerate(ev.masks) if m is not None and (ev.samples[i].label == 0 or m.any())]
     if any(ev.samples[i].label for i in with_mask):
         out["pro_30"] = pro_score([ev.maps[i, 0].numpy() for i in with_mask], [ev.masks[i] for i in with_mask])
     if ev.pixel_threshold is None:
         return out
     settings = RegionSettings(ev.pixel_threshold, min_area)
     size = ev.maps.shape[-1]
-    regions = [find_regions(ev.maps[i, 0].numpy(), settings) if ev.a[i] > ev.threshold else []
+    regions = [find_regions(ev.maps[i, 0].numpy(), settings) if decide(ev.a[i], ev.threshold) else []
                for i in range(len(ev.samples))]
     if with_mask and any(ev.samples[i].label for i in with_mask):
         counts = {0.1: MatchCounts(), 0.5: MatchCounts()}
@@ -173,7 +176,7 @@ def localisation_metrics(ev: Evaluation, min_area: float = 4.0) -> dict:
 
 def compute_metrics(ev: Evaluation) -> dict:
     labels = np.array([s.label for s in ev.samples])
-    decisions = (ev.a > ev.threshold).astype(int)
+    decisions = decide(ev.a, ev.threshold).astype(int)
     per_type = {}
     for kind in sorted({s.defect_type for s in ev.samples if s.label == 1}):
         sel = np.array([s.label == 0 or s.defect_type == kind for s in ev.samples])
@@ -208,7 +211,7 @@ def _scores_csv(ev: Evaluation) -> str:
     w.writerow(SCORE_FIELDS)
     for i, s in enumerate(ev.samples):
         w.writerow([s.path, s.label, s.defect_type, f"{ev.r[i]:.6g}", f"{ev.l[i]:.6g}", f"{ev.a[i]:.6g}",
-                    f"{ev.a_hat[i]:.6g}", "anomalous" if ev.a[i] > ev.threshold else "normal"])
+                    f"{ev.a_hat[i]:.6g}", verdict(ev.a[i], ev.threshold)])
     return buf.getvalue()
 
 
@@ -249,14 +252,14 @@ def read_exclude_list(path: str | Path, data_root: str | Path) -> set[Path]:
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
                  threshold: float | None = None, progress: bool = True,
-                 exclude: set[Path] | None = None) -> tuple[dict, Evaluation]:
+                 exclude: set[Path] | None = None, threads: int | None = None) -> tuple[dict, Evaluation]:
     """Score ``DATA/test`` (less ``exclude``) once and write metrics.json, scores.csv, roc.png,
     score_hist.png, panel.png and report.html to RUN/eval (or ``out_dir``); returns the metrics
     and the scores."""
     from aoiflow import report
 
     model = TrainedModel.load(run_dir)
-    torch.set_num_threads(model.config.train.threads)
+    torch.set_num_threads(threads or model.config.train.threads)
     ev = run_evaluation(model, data_root, threshold, progress=progress, exclude=exclude)
     metrics = compute_metrics(ev)
     metrics.update(run=str(run_dir), data=str(data_root), preset=model.config.preset, epoch=model.epoch,
@@ -274,6 +277,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path
 
 
 def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
-             threshold: float | None = None, progress: bool = True, exclude: set[Path] | None = None) -> dict:
+             threshold: float | None = None, progress: bool = True, exclude: set[Path] | None = None,
+             threads: int | None = None) -> dict:
     """``aoiflow test``: ``evaluate_run`` without the per-image scores; returns the metrics."""
-    return evaluate_run(run_dir, data_root, out_dir, threshold, progress, exclude)[0]
+    return evaluate_run(run_dir, data_root, out_dir, threshold, progress, exclude, threads)[0]

@@ -19,7 +19,8 @@ import torch
 from aoiflow import data
 from aoiflow.config import Config
 from aoiflow.fileio import atomic_write
-from aoiflow.runs import Calibration, RunError, TrainedModel
+from aoiflow.calibrate import Calibration
+from aoiflow.runs import RunError, TrainedModel
 from aoiflow.scoring import ScoringGraph
 
 METADATA_KEY = "aoiflow"
@@ -170,7 +171,7 @@ class ExportedModel:
         info = json.loads(text)
         self.config = Config.model_validate(info["config"])
         self.channels = int(info["channels"])
-        self.calibration = Calibration(**info["calibration"])
+        self.calibration = Calibration.from_dict(info["calibration"])
         self.int8 = bool(info["int8"])
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give under the current umask (usually 0644).
+    mkstemp makes its files 0600, which would hide reports from everyone else on the PC."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -15,6 +24,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, _file_mode())
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -28,3 +38,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def output_stems(paths: Iterable[Path], base: Path) -> dict[Path, str]:
+    """A flat output name per input file, unique within the batch: the path under ``base`` with
+    sub-folders joined by '__' and the suffix dropped (``good/x.png`` -> ``good__x``), except
+    where two inputs would share a name (``x.png`` and ``x.jpg``): those keep their suffix
+    (``x_png``, ``x_jpg``)."""
+    paths = list(paths)
+
+    def flat(path: Path) -> str:
+        rel = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
+        return "__".join(rel.with_suffix("").parts)
+
+    counts = Counter(flat(p) for p in paths)
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for p in paths:
+        name = flat(p) if counts[flat(p)] == 1 else f"{flat(p)}_{p.suffix.lstrip('.')}"
+        unique, k = name, 1
+        while unique in taken:  # 'a__b.png' beside 'a/b.png': rare, but never overwrite
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique)
+        names[p] = unique
+    return names

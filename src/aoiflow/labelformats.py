@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from aoiflow.fileio import atomic_write_bytes, atomic_write_text
+from aoiflow.fileio import atomic_write_bytes, atomic_write_text, output_stems
 
 if TYPE_CHECKING:
     from aoiflow.prelabel import LabelledImage, Region
@@ -93,17 +93,18 @@ def region_mask(item: "LabelledImage") -> np.ndarray:
 class Writers:
     """Writes each requested format as images are labelled, and the folder-level files at the end."""
 
-    def __init__(self, out: Path, base: Path, formats: list[str], default_label: str, yolo_polygons: bool = False) -> None:
+    def __init__(self, out: Path, base: Path, formats: list[str], default_label: str, yolo_polygons: bool = False,
+                 stems: dict[Path, str] | None = None) -> None:
         self.out, self.base, self.formats = out, base, formats
         self.class_ids = {default_label: 0}
         self.yolo_polygons = yolo_polygons
+        self.stems = stems or {}
         self.coco_images: list[dict] = []
         self.coco_annotations: list[dict] = []
 
     def stem(self, path: Path) -> str:
-        """A flat, unique file stem for an input image (sub-folders joined with '__')."""
-        rel = path.relative_to(self.base) if path.is_relative_to(self.base) else Path(path.name)
-        return "__".join(rel.with_suffix("").parts)
+        """The file stem for an input image's label files: unique within the batch (``fileio.output_stems``)."""
+        return self.stems.get(path) or output_stems([path], self.base)[path]
 
     def write_image(self, item: "LabelledImage") -> None:
         stem = self.stem(item.path)

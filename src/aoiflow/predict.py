@@ -11,7 +11,6 @@ Library use::
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 
 from aoiflow import data
-from aoiflow.fileio import atomic_write, atomic_write_text
+from aoiflow.fileio import atomic_write, output_stems
 from aoiflow.preprocess import SkippedFrame, preprocess_frame
 from aoiflow.runs import RunError, TrainedModel
-from aoiflow.scoring import combined_score, score_batch
+from aoiflow.calibrate import combined_score, verdict
+from aoiflow.scoring import score_batch
 
 PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map"]
 
@@ -97,8 +97,8 @@ class Inspector:
     @property
     def map_scale(self) -> float:
         """Map value shown at full heat: twice the 99.9th percentile of normal pixels."""
-        if self.calibration.map_high:
-            return 2.0 * self.calibration.map_high
+        if self.calibration.pixel_threshold:
+            return 2.0 * self.calibration.pixel_threshold
         return 1.0 if self.config.scoring.score == "ssim" else 0.5
 
     def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
@@ -114,41 +114,48 @@ class Inspector:
         """
         if raw and not self.config.preprocess.enabled:
             raise RunError("this run was not trained on preprocessed frames, so it has no preprocessing to apply to raw frames")
-        batch: list[tuple[Path, np.ndarray, object]] = []
+        batch: list[tuple[Path, torch.Tensor, np.ndarray, object]] = []
         for p in map(Path, paths):
             try:
-                frame = data.read_image(p)
-                surface = preprocess_frame(frame, self.config.preprocess) if raw else None
+                batch.append((p, *self._read(p, raw)))
             except (data.ImageReadError, SkippedFrame) as exc:
                 yield from self._flush(batch)
                 batch = []
                 is_read = isinstance(exc, data.ImageReadError)
                 yield Prediction(p, "error" if is_read else "skipped", exc.problem if is_read else exc.reason)
                 continue
-            model_input = surface.image[..., None] if surface is not None else frame
-            batch.append((p, data.to_channels(model_input, self.channels), (frame, surface)))
             if len(batch) >= batch_size:
                 yield from self._flush(batch)
                 batch = []
         yield from self._flush(batch)
 
+    def _read(self, path: Path, raw: bool) -> tuple[torch.Tensor, np.ndarray, object]:
+        """(model input (C, S, S), the image at full size (H, W, C), the surface for raw frames).
+        The model input is made exactly as in training and calibration (``data.load_tensor``)."""
+        size = self.config.model.image_size
+        if raw:
+            frame = data.read_image(path)
+            surface = preprocess_frame(frame, self.config.preprocess)
+            x = data.to_model_input(surface.image[..., None], self.channels, size)
+            return x, data.to_channels(frame, self.channels), surface
+        arr, full_hw = data.read_image_at(path, size)  # reduced on decoding when very large, as in training
+        x = data.to_model_input(arr, self.channels, size)
+        full = arr if arr.shape[:2] == full_hw else data.read_image(path)  # decoded again only when reduced
+        return x, data.to_channels(full, self.channels), None
+
     def _flush(self, batch: list) -> Iterable[Prediction]:
         if not batch:
             return
-        size = self.config.model.image_size
-        x = torch.stack([data.resize_tensor(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None], size)[0]
-                         for _, a, _ in batch])
-        r, l, a, amap = self.score_tensor(x)
-        for i, (p, arr, (frame, surface)) in enumerate(batch):
+        r, l, a, amap = self.score_tensor(torch.stack([x for _, x, _, _ in batch]))
+        for i, (p, _, image, surface) in enumerate(batch):
             if surface is None:
-                full = data.resize_tensor(amap[i : i + 1], (arr.shape[0], arr.shape[1]))[0, 0].numpy()
+                full = data.resize_tensor(amap[i : i + 1], image.shape[:2])[0, 0].numpy()
             else:  # back through the preprocessing warp onto the raw frame
                 s = surface.image.shape[0]
                 canonical = data.resize_tensor(amap[i : i + 1], s)[0, 0].numpy()
-                full = surface.to_frame(canonical, frame.shape[:2])
-            yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]),
-                             "anomalous" if a[i] > self.threshold else "normal", full,
-                             data.to_channels(frame, self.channels) if surface is not None else arr)
+                full = surface.to_frame(canonical, image.shape[:2])
+            yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]), verdict(a[i], self.threshold),
+                             full, image)
 
 
 def collect_inputs(target: str | Path) -> list[Path]:
@@ -166,56 +173,88 @@ def collect_inputs(target: str | Path) -> list[Path]:
 
 def overlay_png(original: np.ndarray, amap: np.ndarray, vmax: float, path: Path) -> None:
     """Save the image (left) and the anomaly map as a heat overlay (right) side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import colormaps
     from PIL import Image
 
-    base = original if original.shape[2] == 3 else np.repeat(original, 3, axis=2)
-    heat = colormaps["inferno"](np.clip(amap / max(vmax, 1e-8), 0, 1))[..., :3]
-    over = 0.55 * base + 0.45 * heat
-    img = (np.concatenate([base, over], axis=1) * 255).round().astype(np.uint8)
+    from aoiflow.heatmap import side_by_side
+
+    img = np.concatenate(side_by_side(original, amap, vmax), axis=1)
     atomic_write(path, lambda p: Image.fromarray(img).save(p, format="PNG"))
 
 
-def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | Path,
-                      write_maps: bool = True, progress: bool = True, raw: bool = False) -> list[Prediction]:
-    """``aoiflow predict``: map PNGs under OUT/maps and OUT/predictions.csv (rewritten as it goes)."""
+def prepare_output(out: Path, ours: Iterable[str], overwrite: bool, command: str) -> None:
+    """Create ``out``; refuse one that already holds files unless ``overwrite``, which then
+    removes only this command's own outputs (``ours``), so two runs never mix."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise data.DataLayoutError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise data.DataLayoutError(f"{out}: output folder is not empty (an earlier `aoiflow {command}`?); "
+                                       f"pass --overwrite to replace its results or choose another --out")
+        for name in ours:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise data.DataLayoutError(f"{out}: output folder is not writable ({exc.strerror})") from None
+
+
+class CsvAppender:
+    """A CSV written row by row and flushed each time: a crash keeps every row already made."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path = path
+        self.file = open(path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.add(fields)
+
+    def add(self, row: list[str]) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "CsvAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | Path, write_maps: bool = True,
+                      progress: bool = True, raw: bool = False, overwrite: bool = False) -> list[Prediction]:
+    """``aoiflow predict``: OUT/predictions.csv (a row per image, appended as it is judged) and
+    OUT/maps/<name>_map.png. Raises DataLayoutError when not one image could be scored."""
     from tqdm import tqdm
 
     paths = collect_inputs(target)
     out = Path(out_dir)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
+    prepare_output(out, ("predictions.csv", "maps"), overwrite, "predict")
+    base = Path(target) if Path(target).is_dir() else Path(target).parent
+    stems = output_stems(paths, base)
     results: list[Prediction] = []
-    rows: list[list[str]] = []
     # One colour scale for every map: full heat where pixels pass what normal images rarely reach.
     vmax = inspector.map_scale
-    base = Path(target) if Path(target).is_dir() else Path(target).parent
-    for k, pred in enumerate(tqdm(inspector.predict_files(paths, raw=raw), total=len(paths), desc="predict",
-                                  unit="img", disable=not progress)):
-        map_name = ""
-        if pred.status == "ok" and write_maps:
-            rel = pred.path.relative_to(base).with_suffix("")
-            map_name = str(Path("maps") / f"{'__'.join(rel.parts)}_map.png")
-            overlay_png(pred.original, pred.anomaly_map, vmax, out / map_name)
-        pred.original = None  # keep memory flat on big folders
-        results.append(pred)
-        rows.append([str(pred.path), pred.status, pred.reason, _fmt(pred.r), _fmt(pred.l), _fmt(pred.a),
-                     _fmt(inspector.threshold), pred.decision, map_name])
-        if k % 50 == 0 or k == len(paths) - 1:
-            _write_csv(out / "predictions.csv", rows)
-    _write_csv(out / "predictions.csv", rows)
+    with CsvAppender(out / "predictions.csv", PREDICTION_FIELDS) as table:
+        for pred in tqdm(inspector.predict_files(paths, raw=raw), total=len(paths), desc="predict", unit="img",
+                         disable=not progress):
+            map_name = ""
+            if pred.status == "ok" and write_maps:
+                map_name = f"maps/{stems[pred.path]}_map.png"
+                overlay_png(pred.original, pred.anomaly_map, vmax, out / map_name)
+            pred.original = None  # keep memory flat on big folders
+            results.append(pred)
+            table.add([str(pred.path), pred.status, pred.reason, _fmt(pred.r), _fmt(pred.l), _fmt(pred.a),
+                       _fmt(inspector.threshold), pred.decision, map_name])
+    if not any(r.status == "ok" for r in results):
+        first = results[0]
+        raise data.DataLayoutError(f"{target}: none of the {len(results)} images could be scored "
+                                   f"(e.g. {first.path}: {first.reason}); see {out / 'predictions.csv'}")
     return results
 
 
 def _fmt(v: float) -> str:
     return "" if v != v else f"{v:.6g}"
-
-
-def _write_csv(path: Path, rows: list[list[str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(PREDICTION_FIELDS)
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())

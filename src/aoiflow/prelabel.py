@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from aoiflow import data
-from aoiflow.fileio import atomic_write_bytes
-from aoiflow.predict import Inspector, Prediction, collect_inputs
+from aoiflow.fileio import atomic_write_bytes, output_stems
+from aoiflow.predict import Inspector, Prediction, collect_inputs, prepare_output
 from aoiflow.runs import RunError
 
 FORMATS = ("labelme", "voc", "coco", "yolo", "mask")
@@ -114,7 +114,7 @@ class LabelledImage:
 def default_region_settings(inspector: Inspector, pixel_threshold: float | None = None, **kw) -> RegionSettings:
     """Region settings with the run's stored pixel threshold unless one is given."""
     if pixel_threshold is None:
-        pixel_threshold = inspector.calibration.map_high
+        pixel_threshold = inspector.calibration.pixel_threshold
         if pixel_threshold is None:
             raise RunError("the run stores no pixel threshold (it was trained with an older aoiflow); recalibrate it "
                            "with `aoiflow train DATA --out RUN --resume` or pass --pixel-threshold")
@@ -150,13 +150,9 @@ def folder_label(path: Path, region: Region) -> str:
 
 def review_sheet(item: LabelledImage, path: Path, vmax: float) -> None:
     """PNG: the image | the map over it with region outlines, ids and scores."""
-    from matplotlib import colormaps
+    from aoiflow.heatmap import side_by_side
 
-    orig = item.prediction.original
-    base = orig if orig.shape[2] == 3 else np.repeat(orig, 3, axis=2)
-    heat = colormaps["inferno"](np.clip(item.prediction.anomaly_map / max(vmax, 1e-8), 0, 1))[..., :3]
-    left = (base * 255).astype(np.uint8)
-    right = ((0.55 * base + 0.45 * heat) * 255).astype(np.uint8)
+    left, right = side_by_side(item.prediction.original, item.prediction.anomaly_map, vmax)
     thick = max(1, round(max(item.width, item.height) / 300))
     for r in item.regions:
         pts = np.round(np.array(r.polygon)).astype(np.int32)
@@ -174,7 +170,8 @@ def review_sheet(item: LabelledImage, path: Path, vmax: float) -> None:
 
 def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Path, formats: Iterable[str],
                     settings: RegionSettings, review: bool = True, progress: bool = True,
-                    raw: bool = False, label_from_folder: bool = False, yolo_segments: bool = False) -> dict:
+                    raw: bool = False, label_from_folder: bool = False, yolo_segments: bool = False,
+                    overwrite: bool = False) -> dict:
     """``aoiflow prelabel``: label files for every image under ``target`` in each format."""
     from tqdm import tqdm
 
@@ -185,18 +182,19 @@ def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Pat
         if f not in FORMATS:
             raise ValueError(f"unknown label format {f!r}; choose from {', '.join(FORMATS)}")
     out = Path(out_dir)
+    paths = collect_inputs(target)
+    prepare_output(out, (*FORMATS, "review"), overwrite, "prelabel")
     try:
-        out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
         raise data.DataLayoutError(f"{out}: output folder is not writable ({exc.strerror})") from None
-    paths = collect_inputs(target)
     base = Path(target) if Path(target).is_dir() else Path(target).parent
     items: list[LabelledImage] = []
     errors: list[tuple[Path, str]] = []
-    writer = labelformats.Writers(out, base, formats, settings.label, yolo_polygons=yolo_segments)
+    writer = labelformats.Writers(out, base, formats, settings.label, yolo_polygons=yolo_segments,
+                                  stems=output_stems(paths, base))
     label_of = folder_label if label_from_folder else None
     for item in tqdm(label_images(inspector, paths, settings, raw=raw, label_of=label_of), total=len(paths), desc="prelabel",
                      unit="img", disable=not progress):

@@ -2,24 +2,30 @@
 
 Layout of RUN/:
   config.yaml      the full settings used
-  checkpoint.pt    latest state, written atomically every epoch (resume from here)
+  checkpoint.pt    latest training state, written atomically every epoch (resume from here)
+  model.pt         the finished, calibrated model for inference (generator + calibration, no
+                   optimiser state: a fraction of the checkpoint's size)
   history.csv      losses per epoch
   eval/            written by ``aoiflow test``
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aoiflow.calibrate import Calibration
 from aoiflow.config import Config
 from aoiflow.fileio import atomic_write
 from aoiflow.model import Generator
 
 CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+MODEL_FORMAT = "aoiflow-model/1"
 CONFIG = "config.yaml"
 HISTORY = "history.csv"
 
@@ -28,37 +34,59 @@ class RunError(ValueError):
     """A run folder is missing, incomplete or unreadable."""
 
 
-@dataclass
-class Calibration:
-    """Statistics of held-out normal images that make scores comparable across images and runs.
-
-    R and L are z-scored with these means/stds; ``threshold`` applies to the normalised A.
-    """
-
-    r_mean: float
-    r_std: float
-    l_mean: float
-    l_std: float
-    threshold: float
-    n_images: int
-    a_percentile: float
-    map_high: float | None = None  # 99.9th percentile of the normals' map pixels: the display scale
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda p: torch.save(state, p))
 
 
-def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CHECKPOINT
-    if not Path(run_dir).is_dir():
-        raise RunError(f"{run_dir}: run folder not found")
-    if not path.is_file():
-        raise RunError(f"{path}: no checkpoint; train first with `aoiflow train DATA --out {run_dir}`")
+def model_state(generator: Generator, config: Config, channels: int, epoch: int, split: dict,
+                calibration: Calibration) -> dict[str, Any]:
+    """What inference needs and nothing else (no discriminator, no optimiser state)."""
+    return {"format": MODEL_FORMAT, "config": config.model_dump(), "channels": channels, "epoch": epoch,
+            "generator": generator.state_dict(), "split": split, "data_root": split.get("root"),
+            "calibration": calibration.to_dict()}
+
+
+def save_model(run_dir: Path, state: dict[str, Any]) -> None:
+    save_checkpoint(Path(run_dir) / MODEL, state)
+
+
+def _safe_load(path: Path) -> dict[str, Any]:
+    """torch.load limited to tensors and plain values: a checkpoint from someone else cannot run code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise RunError(f"{path}: refused: the file holds Python objects other than tensors and plain values, and "
+                       f"loading those could run code ({first})") from None
     except Exception as exc:  # torch raises many types for a damaged file
         raise RunError(f"{path}: checkpoint cannot be read ({exc})") from None
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: run folder not found")
+    if (run_dir / "train" / "good").is_dir():
+        raise RunError(f"{run_dir}: this is a data folder (it has train/good), not a run folder; train a run on it "
+                       f"with `aoiflow train {run_dir} --out RUN` and pass RUN")
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """The resumable training state (networks, optimisers, history) of a run folder."""
+    run_dir = Path(run_dir)
+    _check_run_folder(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise RunError(f"{path}: no checkpoint; train first with `aoiflow train DATA --out {run_dir}`")
+    return _safe_load(path)
+
+
+def load_model_state(run_dir: str | Path) -> dict[str, Any]:
+    """The finished model (RUN/model.pt); runs from before model.pt existed fall back to the checkpoint."""
+    run_dir = Path(run_dir)
+    _check_run_folder(run_dir)
+    if (run_dir / MODEL).is_file():
+        return _safe_load(run_dir / MODEL)
+    return load_checkpoint(run_dir)
 
 
 @dataclass
@@ -75,17 +103,13 @@ class TrainedModel:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainedModel":
-        state = load_checkpoint(run_dir)
+        state = load_model_state(run_dir)
         config = Config.model_validate(state["config"])
         channels = int(state["channels"])
         m = config.model
         gen = Generator(m.image_size, channels, m.latent_size, m.base_width)
         gen.load_state_dict(state["generator"])
         gen.eval()
-        cal = Calibration(**state["calibration"]) if state.get("calibration") else None
+        cal = Calibration.from_dict(state["calibration"]) if state.get("calibration") else None
         return cls(gen, config, channels, cal, int(state["epoch"]), state["split"],
                    state.get("data_root"))
-
-
-def calibration_dict(cal: Calibration) -> dict[str, Any]:
-    return asdict(cal)

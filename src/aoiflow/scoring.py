@@ -4,7 +4,7 @@ For an image x (values in [0, 1]) with reconstruction x_hat and latents z, z_hat
   R(x) = mean per-pixel dissimilarity: |x - x_hat| (L1) or 1 - SSIM(x, x_hat) (SSIM)
   L(x) = mean (z - z_hat)^2
   A(x) = lam * (R - mu_R) / sd_R + (1 - lam) * (L - mu_L) / sd_L
-with mu/sd measured on held-out normal images at the end of training (see runs.Calibration),
+with mu/sd measured on held-out normal images at the end of training (see aoiflow.calibrate),
 so one new image gets a stable score without seeing any test set. The paper's min-max
 normalised score A_hat = minmax(lam * R + (1 - lam) * L) over a scored set is also given.
 """
@@ -20,7 +20,7 @@ from torch import nn
 
 from aoiflow.config import ScoreConfig
 from aoiflow.model import Generator
-from aoiflow.runs import Calibration
+from aoiflow.calibrate import Calibration, combined_score  # noqa: F401  (combined_score: re-exported)
 from aoiflow.ssim import gaussian_blur, ssim_map
 
 ScoreKind = Literal["l1", "ssim"]
@@ -124,31 +124,6 @@ def score_images(
     r_all = torch.cat(rs).numpy() if rs else np.zeros(0)
     l_all = torch.cat(ls).numpy() if ls else np.zeros(0)
     return RawScores(r_all, l_all, cat(maps), cat(recs))
-
-
-def _safe_std(v: np.ndarray) -> float:
-    # A zero spread (e.g. one validation image) would make every score infinite.
-    s = float(np.std(v))
-    return s if s > 1e-12 else 1e-12
-
-
-def calibrate(r: np.ndarray, l: np.ndarray, lam: float, percentile: float,
-              maps: torch.Tensor | None = None) -> Calibration:
-    """Normalisation statistics and decision threshold from scores of held-out normal images
-    (and, given their maps (N, 1, S, S), the map value that normal pixels rarely exceed)."""
-    if len(r) == 0:
-        raise ValueError("calibration needs at least one held-out normal image")
-    map_high = float(torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999)) if maps is not None else None
-    cal = Calibration(float(np.mean(r)), _safe_std(r), float(np.mean(l)), _safe_std(l), 0.0, len(r), percentile, map_high)
-    cal.threshold = float(np.percentile(combined_score(r, l, cal, lam), percentile))
-    return cal
-
-
-def combined_score(r: np.ndarray, l: np.ndarray, cal: Calibration, lam: float) -> np.ndarray:
-    """A = lam * z(R) + (1 - lam) * z(L), z-scores from the calibration normals."""
-    zr = (np.asarray(r) - cal.r_mean) / cal.r_std
-    zl = (np.asarray(l) - cal.l_mean) / cal.l_std
-    return lam * zr + (1.0 - lam) * zl
 
 
 def minmax_score(r: np.ndarray, l: np.ndarray, lam: float) -> np.ndarray:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tqdm import tqdm
+
 import numpy as np
 import torch
 
@@ -18,8 +20,10 @@ from aoiflow.config import Config, save_config
 from aoiflow.fileio import atomic_write_text
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
-from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, calibration_dict, load_checkpoint, save_checkpoint
-from aoiflow.scoring import calibrate, score_images
+from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, load_checkpoint, model_state,
+                          save_checkpoint, save_model)
+from aoiflow.calibrate import fit_calibration
+from aoiflow.scoring import score_images
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
 
@@ -44,22 +48,48 @@ def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[P
     return train, val
 
 
+class TrainingInterrupted(RunError):
+    """Ctrl-C during training; ``str()`` says what was saved and how to continue."""
+
+
 @dataclass
 class TrainState:
     generator: Generator
     discriminator: Discriminator
     opt_g: torch.optim.Adam
     opt_d: torch.optim.Adam
-    sched_g: torch.optim.lr_scheduler.LambdaLR
-    sched_d: torch.optim.lr_scheduler.LambdaLR
+    # Learning-rate schedule as linear pieces [first epoch, factor there, epoch where it reaches 0]:
+    # one piece for a fresh run; extending a run adds a piece that starts at the rate last used,
+    # so the rate never jumps up (rebuilding one decay over the new total would).
+    lr_pieces: list[list[float]]
 
 
-def _lr_factor(config: Config):
-    epochs = config.train.epochs
+def lr_factor(epoch: int, pieces: list[list[float]]) -> float:
+    """Factor on the base learning rate in ``epoch`` (0-based) under the linear pieces."""
+    start, factor, end = next(p for p in reversed(pieces) if epoch >= p[0])
+    return max(0.0, factor * (1.0 - (epoch - start) / max(end - start, 1)))
+
+
+def _lr_pieces(config: Config) -> list[list[float]]:
     if config.train.lr_schedule == "constant":
-        return lambda epoch: 1.0
-    # Linear decay from 1 towards 0 over the run ('lambda' policy).
-    return lambda epoch: max(0.0, 1.0 - epoch / epochs)
+        return [[0, 1.0, float("inf")]]
+    return [[0, 1.0, config.train.epochs]]  # linear decay from 1 towards 0 ('lambda' policy)
+
+
+def extend_lr_pieces(pieces: list[list[float]], done: int, epochs: int) -> list[list[float]]:
+    """The schedule for a run resumed after ``done`` epochs with a new total of ``epochs``."""
+    last_end = pieces[-1][2]
+    if done == 0 or epochs == last_end or last_end == float("inf"):
+        return pieces
+    return [*pieces, [done, lr_factor(done - 1, pieces), epochs]]
+
+
+def _set_lr(state: TrainState, base_lr: float, epoch: int) -> float:
+    lr = base_lr * lr_factor(epoch, state.lr_pieces)
+    for opt in (state.opt_g, state.opt_d):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return lr
 
 
 def _build_state(config: Config, channels: int) -> TrainState:
@@ -67,12 +97,7 @@ def _build_state(config: Config, channels: int) -> TrainState:
     g, d = build_networks(m.image_size, channels, m.latent_size, m.base_width, t.seed)
     opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=(t.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=t.lr, betas=(t.beta1, 0.999))
-    factor = _lr_factor(config)
-    return TrainState(
-        g, d, opt_g, opt_d,
-        torch.optim.lr_scheduler.LambdaLR(opt_g, factor),
-        torch.optim.lr_scheduler.LambdaLR(opt_d, factor),
-    )
+    return TrainState(g, d, opt_g, opt_d, _lr_pieces(config))
 
 
 def train_step(state: TrainState, x: torch.Tensor, config: Config) -> dict[str, float]:
@@ -133,9 +158,9 @@ def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: i
         "config": config.model_dump(), "channels": channels, "epoch": epoch,
         "generator": state.generator.state_dict(), "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
-        "sched_g": state.sched_g.state_dict(), "sched_d": state.sched_d.state_dict(),
+        "lr_pieces": state.lr_pieces,
         "history": history, "split": split, "data_root": split.get("root"), "torch_rng": torch.get_rng_state(),
-        "calibration": calibration_dict(calibration) if calibration else None,
+        "calibration": calibration.to_dict() if calibration else None,
     }
 
 
@@ -158,6 +183,43 @@ def _same_shape(a: Config, b: Config) -> bool:
 ImageLoader = Callable[[list[Path], int, int, bool], data.LoadedImages]
 
 
+def _resume_from(run_dir: Path, config: Config, resume: bool) -> dict | None:
+    """The checkpoint to continue from, or None for a fresh run; refuses the confusing cases."""
+    if not (run_dir / CHECKPOINT).exists():
+        if resume:
+            raise RunError(f"{run_dir}: nothing to resume (no {CHECKPOINT}); drop --resume to start a new run there")
+        return None
+    if not resume:
+        raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    previous = load_checkpoint(run_dir)
+    if not _same_shape(Config.model_validate(previous["config"]), config):
+        raise RunError(f"{run_dir}: cannot resume with a different model shape (image/latent size or width)")
+    return previous
+
+
+def _restore(state: TrainState, previous: dict, config: Config) -> tuple[list[dict[str, float]], int]:
+    """Load networks, optimisers, schedule and RNG from a checkpoint; returns (history, epochs done)."""
+    state.generator.load_state_dict(previous["generator"])
+    state.discriminator.load_state_dict(previous["discriminator"])
+    state.opt_g.load_state_dict(previous["opt_g"])
+    state.opt_d.load_state_dict(previous["opt_d"])
+    done = int(previous["epoch"])
+    old = Config.model_validate(previous["config"])
+    pieces = previous.get("lr_pieces") or _lr_pieces(old)  # runs saved before the pieces existed
+    state.lr_pieces = extend_lr_pieces([list(p) for p in pieces], done, config.train.epochs)
+    if "torch_rng" in previous:
+        torch.set_rng_state(previous["torch_rng"])
+    return list(previous["history"]), done
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool = False, progress: bool = True,
         loader: ImageLoader = data.load_images) -> Path:
     """Train on ``DATA/train/good`` and write the run folder; returns the checkpoint path.
@@ -165,24 +227,14 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     A fraction ``config.train.val_fraction`` of the normal images is held out: it gives the
     per-epoch validation loss and, at the end, the calibration (normalisation + threshold).
     ``loader(paths, channels, size, progress)`` reads the images (a caching loader lets a
-    parameter search read each image once).
+    parameter search read each image once). Ctrl-C raises TrainingInterrupted after saying
+    what is kept: every finished epoch is in the checkpoint.
     """
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
     config = _with_data_preprocessing(config, Path(data_root))
     t = config.train
     seed_everything(t.seed, t.threads)
-    ckpt_path = run_dir / CHECKPOINT
-
-    previous = None
-    if ckpt_path.exists():
-        if not resume:
-            raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-        previous = load_checkpoint(run_dir)
-        old = Config.model_validate(previous["config"])
-        if not _same_shape(old, config):
-            raise RunError(f"{run_dir}: cannot resume with a different model shape (image/latent size or width)")
+    previous = _resume_from(run_dir, config, resume)
 
     all_paths = data.train_images(data_root)
     if previous:
@@ -204,28 +256,55 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         raise data.DataLayoutError(f"{data_root}: no readable training or validation images")
 
     state = _build_state(config, channels)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if previous:
-        state.generator.load_state_dict(previous["generator"])
-        state.discriminator.load_state_dict(previous["discriminator"])
-        state.opt_g.load_state_dict(previous["opt_g"])
-        state.opt_d.load_state_dict(previous["opt_d"])
-        state.sched_g.load_state_dict(previous["sched_g"])
-        state.sched_d.load_state_dict(previous["sched_d"])
-        history = list(previous["history"])
-        start_epoch = int(previous["epoch"])
-        if "torch_rng" in previous:
-            torch.set_rng_state(previous["torch_rng"])
-
+    history, start_epoch = _restore(state, previous, config) if previous else ([], 0)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / CONFIG)
-    x_all = train_set.images * 2 - 1
+    if previous and progress:
+        tqdm.write(f"resuming {run_dir} from epoch {start_epoch} of {t.epochs}")
+
+    def save(epochs_done: int) -> None:
+        save_checkpoint(run_dir / CHECKPOINT, _checkpoint_state(state, config, channels, epochs_done, history, split))
+        _write_history(run_dir, history)
+
+    try:
+        _train_epochs(state, train_set.images, val_set.images, config, start_epoch, history, save, progress)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), t.epochs)) from None
+
+    state.generator.eval()
+    sc = config.scoring
+    val_scores = score_images(state.generator, val_set.images, sc, keep_maps=True)
+    calibration = fit_calibration(val_scores.r, val_scores.l, sc.lam, sc.false_alarm_rate, val_scores.maps,
+                                  source="held-out normals")
+    if progress:
+        tqdm.write(f"calibration: {calibration.summary()}")
+    done = max(start_epoch, t.epochs)
+    save_checkpoint(run_dir / CHECKPOINT, _checkpoint_state(state, config, channels, done, history, split, calibration))
+    save_model(run_dir, model_state(state.generator, config, channels, done, split, calibration))
+    return run_dir / CHECKPOINT
+
+
+def _interrupted_message(data_root: str | Path, run_dir: Path, done: int, epochs: int) -> str:
+    if done == 0:
+        return f"interrupted before the first epoch finished; nothing was saved in {run_dir}"
+    return (f"interrupted: {done} of {epochs} epochs finished and are saved in {run_dir / CHECKPOINT}; "
+            f"continue with `aoiflow train {data_root} --out {run_dir} --resume`")
+
+
+def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: torch.Tensor, config: Config,
+                  start_epoch: int, history: list[dict[str, float]], save: Callable[[int], None],
+                  progress: bool) -> None:
+    """The epoch loop; ``save(epochs_done)`` after each epoch. Appends a row per epoch to ``history``."""
+    t = config.train
+    x_all = train_images * 2 - 1
     n = len(x_all)
+    steps = len(range(0, n, t.batch_size))
     state.generator.train()
     state.discriminator.train()
+    clock = _EtaClock(steps * (t.epochs - start_epoch), t.epochs - start_epoch, progress)
     for epoch in range(start_epoch, t.epochs):
         t0 = time.perf_counter()
+        lr = _set_lr(state, t.lr, epoch)
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
         sums: dict[str, float] = {}
@@ -233,29 +312,36 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
                    disable=not progress, leave=False)
         for i in bar:
             losses = train_step(state, x_all[order[i : i + t.batch_size]], config)
+            clock.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(g=f"{losses['loss_g']:.3f}", con=f"{losses['loss_con']:.3f}",
                             enc=f"{losses['loss_enc']:.4f}", adv=f"{losses['loss_adv']:.4f}", d=f"{losses['loss_d']:.3f}")
-        steps = len(range(0, n, t.batch_size))
         row = {k: v / steps for k, v in sums.items()}
-        row.update(epoch=epoch + 1, val_con=validation_loss(state.generator, val_set.images, config),
-                   lr=state.opt_g.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+        row.update(epoch=epoch + 1, val_con=validation_loss(state.generator, val_images, config),
+                   lr=lr, seconds=time.perf_counter() - t0)
         history.append(row)
-        state.sched_g.step()
-        state.sched_d.step()
-        save_checkpoint(ckpt_path, _checkpoint_state(state, config, channels, epoch + 1, history, split))
-        _write_history(run_dir, history)
+        save(epoch + 1)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{t.epochs}  loss_g {row['loss_g']:.4f}  con {row['loss_con']:.4f}  "
                        f"val_con {row['val_con']:.4f}  d {row['loss_d']:.3f}  {row['seconds']:.1f}s")
 
-    state.generator.eval()
-    sc = config.scoring
-    val_scores = score_images(state.generator, val_set.images, sc, keep_maps=True)
-    calibration = calibrate(val_scores.r, val_scores.l, sc.lam, sc.threshold_percentile, val_scores.maps)
-    save_checkpoint(ckpt_path, _checkpoint_state(state, config, channels, max(start_epoch, t.epochs), history, split, calibration))
-    return ckpt_path
+
+class _EtaClock:
+    """Times the first few optimiser steps and says once how long the whole run will take."""
+
+    def __init__(self, total_steps: int, epochs: int, progress: bool, probe_steps: int = 5) -> None:
+        self.total, self.epochs, self.progress = total_steps, epochs, progress
+        self.probe = min(probe_steps, total_steps)
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done == self.probe and self.progress and self.total > self.probe:
+            per_step = (time.perf_counter() - self.t0) / self.done
+            tqdm.write(f"expected training time: about {_duration(per_step * self.total)} for {self.epochs} epochs "
+                       f"({self.total} steps at {per_step * 1000:.0f} ms, timed on the first {self.done})")
 
 
 def same_training(a: Config, b: Config) -> bool:

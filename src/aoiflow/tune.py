@@ -34,7 +34,8 @@ from aoiflow import data
 from aoiflow.config import Config, save_config
 from aoiflow.fileio import atomic_write_text
 from aoiflow.runs import TrainedModel
-from aoiflow.scoring import anomaly_map, calibrate, combined_score, pool_map, score_images
+from aoiflow.calibrate import combined_score, fit_calibration
+from aoiflow.scoring import anomaly_map, pool_map, score_images
 
 STAGE_SHARES = (0.5, 0.3, 0.2)  # default split of --trials over the three stages
 TRIAL_FIELDS = ["stage", "trial", "name", "state", "baseline", "w_con", "w_enc", "w_adv", "latent_size", "image_size",
@@ -286,7 +287,7 @@ def search_scoring(model: TrainedModel, normals: torch.Tensor, anomalies: torch.
             return pool_map(amap, sc.pooling, sc.topk_fraction).numpy()
 
         r_n, r_a = r_of(normals, rec_n), r_of(anomalies, rec_a)
-        cal = calibrate(r_n, l_n, 0.5, sc.threshold_percentile)
+        cal = fit_calibration(r_n, l_n, 0.5, sc.false_alarm_rate)
         r_all, l_all = np.r_[r_n, r_a], np.r_[l_n, l_a]
         for lam in sorted({*space.lams, sc.lam}):
             auc = float(roc_auc_score(labels, combined_score(r_all, l_all, cal, lam)))
