@@ -1,5 +1,6 @@
 # Two entry points for a new user: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= python3
+TORCH_INDEX ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
@@ -8,8 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	# The CPU build of torch; a bare `torch` would fetch gigabytes of CUDA libraries.
-	$(VENV)/bin/pip install --quiet torch==2.13.0
+	# torch first and pinned: a bare `torch` would fetch gigabytes of CUDA libraries. Where pip's
+	# default index serves the CUDA build, a CPU-only machine passes TORCH_INDEX (see README).
+	$(VENV)/bin/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(VENV)/bin/pip install --quiet -e '.[test,export,openvino]'
 	touch $(STAMP)
 

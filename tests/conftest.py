@@ -48,6 +48,18 @@ def tile_subset(tmp_path: Path) -> Path:
     return make_tile_subset(tmp_path / "tile")
 
 
+@pytest.fixture(scope="module")
+def module_tile_subset(tmp_path_factory) -> Path:
+    """``tile_subset`` made once for a whole test module (for module-scoped trained runs)."""
+    return make_tile_subset(tmp_path_factory.mktemp("tile"))
+
+
+@pytest.fixture
+def deeppcb_root() -> Path:
+    """The shared DeepPCB set (read-only; boxes in annotations_bbox/defect); skips when absent."""
+    return shared_set("deeppcb_pcb")
+
+
 def make_tiny_config():
     """A config that trains in about a second on the CPU."""
     return build_config("ganomaly-ssim-ssim", overrides={
@@ -58,4 +70,11 @@ def make_tiny_config():
 
 @pytest.fixture
 def tiny_config():
+    return make_tiny_config()
+
+
+@pytest.fixture(scope="module")
+def module_tiny_config():
+    """``tiny_config`` shared by a module's module-scoped fixtures; tests that change settings
+    take their own ``tiny_config``."""
     return make_tiny_config()

@@ -78,13 +78,10 @@ def test_runs_saved_before_calibration_was_a_stage_still_load():
 
 
 @pytest.fixture(scope="module")
-def run_and_data(tmp_path_factory):
-    from tests.conftest import make_tile_subset, make_tiny_config
-
-    root = make_tile_subset(tmp_path_factory.mktemp("data") / "tile")
+def run_and_data(module_tile_subset, module_tiny_config, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    fit(root, run, make_tiny_config(), progress=False)
-    return root, run
+    fit(module_tile_subset, run, module_tiny_config, progress=False)
+    return module_tile_subset, run
 
 
 def test_calibrate_command_sets_the_threshold_from_new_normals(run_and_data, tmp_path):

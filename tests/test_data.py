@@ -4,7 +4,6 @@ import pytest
 from PIL import Image
 
 from aoiflow import data
-from tests.conftest import shared_set
 
 
 def _save(arr, path, mode=None):
@@ -85,9 +84,8 @@ def test_orphan_mask_is_reported(tile_subset):
         data.test_samples(tile_subset)
 
 
-def test_rgb_stored_grey_pcb_images_are_detected_as_grey():
-    root = shared_set("deeppcb_pcb")
-    paths = data.list_images(root / "train" / "good")
+def test_rgb_stored_grey_pcb_images_are_detected_as_grey(deeppcb_root):
+    paths = data.list_images(deeppcb_root / "train" / "good")
     rgb_files = [p for p in paths[:200] if Image.open(p).mode == "RGB"]
     if not rgb_files:
         pytest.skip("no RGB-stored image among the first 200 DeepPCB training images")

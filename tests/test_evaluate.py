@@ -3,10 +3,19 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
-from aoiflow.evaluate import evaluate
+from aoiflow.evaluate import evaluate, evaluate_run
 from aoiflow.runs import RunError
 from aoiflow.train import fit
+
+
+def _rank_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC from the Mann-Whitney U statistic: mean ranks for ties (sklearn is not used)."""
+    labels = np.asarray(labels, bool)
+    ranks = rankdata(scores)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @pytest.fixture
@@ -19,14 +28,22 @@ def test_evaluation_on_real_images_writes_everything(tile_run, tile_subset):
     bad = tile_subset / "test" / "crack" / "zz_truncated.jpg"
     bad.write_bytes(next((tile_subset / "test" / "crack").glob("*.jpg")).read_bytes()[:300])
     with pytest.warns(UserWarning, match="zz_truncated.jpg"):
-        evaluate(tile_run, tile_subset, progress=False)
+        _, ev = evaluate_run(tile_run, tile_subset, progress=False)
     out = tile_run / "eval"
     for name in ("metrics.json", "scores.csv", "roc.png", "score_hist.png", "panel.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["counts"] == {"normal": 4, "anomalous": 6, "skipped": 1}
     assert saved["skipped"][0]["path"].endswith("zz_truncated.jpg")
-    assert 0 <= saved["image_auroc"] <= 1 and 0 <= saved["pixel_auroc"] <= 1
+    labels = np.array([s.label for s in ev.samples])
+    assert saved["image_auroc"] == pytest.approx(_rank_auroc(labels, ev.a), abs=1e-9)
+    pixels = [i for i, m in enumerate(ev.masks) if m is not None and (labels[i] == 0 or m.any())]
+    truth = np.concatenate([ev.masks[i].ravel() for i in pixels])
+    values = np.concatenate([ev.maps[i].numpy().ravel() for i in pixels])
+    assert saved["pixel_auroc"] == pytest.approx(_rank_auroc(truth, values), abs=1e-9)
+    decided = ev.a > saved["threshold"]
+    tp, fp, fn = (decided & (labels == 1)).sum(), (decided & (labels == 0)).sum(), (~decided & (labels == 1)).sum()
+    assert saved["f1_at_threshold"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     assert set(saved["per_defect_type"]) == {"blowhole", "crack"}
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert len(rows) == 10 and set(rows[0]) == {"path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"}
@@ -47,6 +64,7 @@ def test_unfinished_run_is_refused_with_a_fix(tile_run, tile_subset):
     ckpt = torch.load(tile_run / "checkpoint.pt", weights_only=False)
     ckpt["calibration"] = None
     torch.save(ckpt, tile_run / "checkpoint.pt")
+    (tile_run / "model.pt").unlink()  # a run stopped before its end has no finished model
     with pytest.raises(RunError, match="--resume"):
         evaluate(tile_run, tile_subset, progress=False)
 

@@ -11,19 +11,18 @@ from aoiflow.predict import Inspector, predict_to_folder  # noqa: E402
 from aoiflow.runs import TrainedModel  # noqa: E402
 from aoiflow.scoring import ScoringGraph, combined_score, score_batch  # noqa: E402
 from aoiflow.train import fit  # noqa: E402
-from tests.conftest import make_tile_subset, make_tiny_config  # noqa: E402
 from aoiflow import data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tile(tmp_path_factory):
-    return make_tile_subset(tmp_path_factory.mktemp("tile"))
+def tile(module_tile_subset):
+    return module_tile_subset
 
 
 @pytest.fixture(scope="module")
-def tile_run(tile, tmp_path_factory):
+def tile_run(tile, tmp_path_factory, module_tiny_config):
     run = tmp_path_factory.mktemp("export") / "run"
-    fit(tile, run, make_tiny_config(), progress=False)
+    fit(tile, run, module_tiny_config, progress=False)
     return run
 
 
@@ -46,10 +45,10 @@ def test_fp32_graph_matches_pytorch(tile_run, tmp_path):
     np.testing.assert_allclose(ga, ta, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_export_scores_close_to_fp32(tile, tmp_path):
+def test_int8_export_scores_close_to_fp32(tile, tmp_path, tiny_config):
     # L1 maps move linearly with reconstruction error, so they show quantisation error directly
     # (SSIM of a barely trained, nearly flat reconstruction amplifies any change).
-    cfg = make_tiny_config()
+    cfg = tiny_config
     cfg.scoring.score = "l1"
     fit(tile, tmp_path / "run", cfg, progress=False)
     fp32 = ExportedModel(export_onnx(tmp_path / "run", tmp_path / "m.onnx"))

@@ -55,13 +55,10 @@ def pixel_limit():
 
 
 @pytest.fixture(scope="module")
-def tile_run(tmp_path_factory) -> tuple[Path, Path]:
-    from tests.conftest import make_tile_subset, make_tiny_config
-
-    root = make_tile_subset(tmp_path_factory.mktemp("data") / "tile")
+def tile_run(module_tile_subset, module_tiny_config, tmp_path_factory) -> tuple[Path, Path]:
     run = tmp_path_factory.mktemp("runs") / "run"
-    fit(root, run, make_tiny_config(), progress=False)
-    return root, run
+    fit(module_tile_subset, run, module_tiny_config, progress=False)
+    return module_tile_subset, run
 
 
 # --- images that hurt -------------------------------------------------------------------------
@@ -110,10 +107,8 @@ def test_reduced_decoding_matches_the_full_decode(tmp_path, mode):
     assert float(diff[1:-1, 1:-1].max()) < 0.02 and float(diff.mean()) < 0.003
 
 
-def test_bomb_is_skipped_by_train_test_and_predict(tmp_path, bomb, tiny_config):
-    from tests.conftest import make_tile_subset
-
-    root = make_tile_subset(tmp_path / "tile")
+def test_bomb_is_skipped_by_train_test_and_predict(tmp_path, tile_subset, bomb, tiny_config):
+    root = tile_subset
     for sub in ("train/good", "test/good"):
         shutil.copy(bomb, root / sub / "bomb.png")
     with pytest.warns(UserWarning, match="bomb.png"):

@@ -114,3 +114,18 @@ def test_orientation_mark_is_found_on_every_package_type():
         if abs((sm.angle_deg - angle + 180) % 360 - 180) > 1.0:
             wrong.append((kind, angle))
     assert wrong == []
+
+
+@pytest.mark.parametrize("mask_name", ["{}.bmp", "{}_mask.bmp", "{}.png", "{}_mask.png"])
+def test_every_mask_name_data_reading_accepts_follows_its_frame(tmp_path, mask_name):
+    frame, mask, _ = make_frame(1, "unclean", np.random.default_rng(11), angle=20.0)
+    raw = tmp_path / "raw"
+    (raw / "test" / "unclean").mkdir(parents=True)
+    (raw / "ground_truth" / "unclean").mkdir(parents=True)
+    cv2.imwrite(str(raw / "test" / "unclean" / "f.png"), frame)
+    cv2.imwrite(str(raw / "ground_truth" / "unclean" / mask_name.format("f")), mask.astype(np.uint8) * 255)
+    cfg = PreprocessConfig(size=128)
+    assert preprocess_folder(raw, tmp_path / "out", cfg, progress=False) == {"ok": 1, "skipped": 0, "error": 0}
+    written = cv2.imread(str(tmp_path / "out" / "ground_truth" / "unclean" / "f.png"), cv2.IMREAD_GRAYSCALE) > 0
+    expected = preprocess_frame(frame, cfg).warp_mask(mask)
+    assert expected.any() and np.array_equal(written, expected)

@@ -138,6 +138,7 @@ def train(
                                                         f"({_preset_default('model.image_size')})"),
     base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer "
                                                         f"({_preset_default('model.base_width')})"),
+    lr: Optional[float] = typer.Option(None, help=f"learning rate ({_preset_default('train.lr')})"),
     seed: Optional[int] = typer.Option(None, help=f"random seed ({_preset_default('train.seed')})"),
     false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
                                                      help="share of normal parts the line may flag; sets the "
@@ -152,7 +153,7 @@ def train(
 
     _short_warnings()
     flags = {"--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
-             "--seed": ("train.seed", seed), "--threads": ("train.threads", threads),
+             "--seed": ("train.seed", seed), "--threads": ("train.threads", threads), "--lr": ("train.lr", lr),
              "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
              "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width)}
     try:

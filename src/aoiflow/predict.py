@@ -171,12 +171,22 @@ def collect_inputs(target: str | Path) -> list[Path]:
     return paths
 
 
+OVERLAY_MAX_SIDE = 4096  # map PNGs are for people: a 7000-px-wide picture only costs memory
+
+
 def overlay_png(original: np.ndarray, amap: np.ndarray, vmax: float, path: Path) -> None:
-    """Save the image (left) and the anomaly map as a heat overlay (right) side by side."""
+    """Save the image (left) and the anomaly map as a heat overlay (right) side by side, shrunk
+    to at most OVERLAY_MAX_SIDE pixels on its long side."""
+    import cv2
     from PIL import Image
 
     from aoiflow.heatmap import side_by_side
 
+    scale = OVERLAY_MAX_SIDE / max(original.shape[:2])
+    if scale < 1:
+        size = (max(1, round(original.shape[1] * scale)), max(1, round(original.shape[0] * scale)))
+        original = cv2.resize(original, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
+        amap = cv2.resize(amap, size, interpolation=cv2.INTER_AREA)
     img = np.concatenate(side_by_side(original, amap, vmax), axis=1)
     atomic_write(path, lambda p: Image.fromarray(img).save(p, format="PNG"))
 

@@ -189,10 +189,10 @@ def _png(arr: np.ndarray) -> bytes:
 def _mask_for(raw: Path, rel: Path) -> tuple[Path, Path] | None:
     """(mask file, its output path) for a frame at test/<kind>/<stem> in an MVTec tree."""
     if len(rel.parts) == 3 and rel.parts[0] == "test":
-        for name in (f"{rel.stem}.png", f"{rel.stem}_mask.png"):
-            mask = raw / "ground_truth" / rel.parts[1] / name
-            if mask.is_file():
-                return mask, Path("ground_truth") / rel.parts[1] / f"{rel.stem}.png"
+        # the names data reading accepts (.png/.bmp, with or without _mask), so no mask is lost here
+        mask = data._find_mask(raw / "ground_truth" / rel.parts[1], rel.stem)
+        if mask is not None:
+            return mask, Path("ground_truth") / rel.parts[1] / f"{rel.stem}.png"
     return None
 
 

@@ -94,7 +94,10 @@ def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig):
 def score_batch(
     generator: Generator, x: torch.Tensor, settings: ScoreConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S)."""
+    """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S).
+    Puts the generator in eval mode: BatchNorm must use its running statistics, so an image scores
+    the same alone or in a batch, and scoring never changes the model."""
+    generator.eval()
     return _score(generator, x, settings)
 
 
@@ -107,7 +110,7 @@ def score_images(
     keep_reconstructions: bool = False,
     progress: bool = False,
 ) -> RawScores:
-    """Score (N, C, S, S) images in [0, 1] in batches; the generator must be in eval mode."""
+    """Score (N, C, S, S) images in [0, 1] in batches (the generator is put in eval mode)."""
     from tqdm import tqdm
 
     rs, ls, maps, recs = [], [], [], []

@@ -3,6 +3,10 @@
 Written here because the well-kept implementations (kornia, pytorch-msssim, scikit-image) all
 reject even window sizes, and the reference search space needs windows 8-14. Even windows are
 padded one pixel more on the bottom/right so the map keeps the input's size.
+
+The Gaussian's sigma grows with the window (``window_sigma``): with sigma fixed at 1.5 the taps
+beyond about 3 sigma weigh almost nothing, so windows 11-14 gave nearly the same SSIM and a search
+over the window repeated itself. Window 11 keeps sigma 1.5 exactly (the usual SSIM setting).
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ _C1 = 0.01**2
 _C2 = 0.03**2
 
 
-def gaussian_window(size: int, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Normalised 1-D Gaussian of ``size`` taps, centred between taps when size is even. Shape (size,)."""
+def window_sigma(size: int) -> float:
+    """Sigma of an SSIM window of ``size`` taps: 1.5 * size / 11, so the Gaussian always spans
+    the same number of sigmas (about +-3.3) and window 11 keeps the standard 1.5 exactly."""
+    return 1.5 * size / 11
+
+
+def gaussian_window(size: int, sigma: float | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps, centred between taps when size is even. Shape (size,).
+    ``sigma`` defaults to ``window_sigma(size)``."""
     if size < 2:
         raise ValueError(f"SSIM window must be at least 2 pixels, got {size}")
+    sigma = window_sigma(size) if sigma is None else sigma
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2.0
     g = torch.exp(-(coords**2) / (2.0 * sigma**2))
     return g / g.sum()
@@ -46,12 +58,12 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_map(
-    x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0
+    x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float | None = None, data_range: float = 1.0
 ) -> torch.Tensor:
     """Per-pixel SSIM between ``x`` and ``y`` (B, C, H, W) -> (B, C, H, W), values in [-1, 1].
 
     Inputs must share a shape, be at least ``window_size // 2 + 1`` pixels on each side, and lie
-    in [0, data_range].
+    in [0, data_range]. ``sigma`` defaults to ``window_sigma(window_size)``.
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim_map expects two (B, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -71,7 +83,8 @@ def ssim_map(
     return num / den
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> torch.Tensor:
+def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float | None = None,
+         data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM per image: (B, C, H, W) x2 -> (B,)."""
     return ssim_map(x, y, window_size, sigma, data_range).flatten(1).mean(1)
 
@@ -79,7 +92,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float =
 class SSIMLoss(nn.Module):
     """1 - mean SSIM over the batch, for inputs in [0, data_range]."""
 
-    def __init__(self, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> None:
+    def __init__(self, window_size: int = 11, sigma: float | None = None, data_range: float = 1.0) -> None:
         super().__init__()
         self.window_size, self.sigma, self.data_range = window_size, sigma, data_range
 
