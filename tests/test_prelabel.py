@@ -137,7 +137,7 @@ def test_prelabel_on_real_images_end_to_end(tile_subset, tmp_path, tiny_config):
 def test_prelabel_bad_setups(tile_subset, tmp_path, tiny_config):
     fit(tile_subset, tmp_path / "run", tiny_config, progress=False)
     inspector = Inspector.load(tmp_path / "run")
-    inspector.calibration.map_high = None
+    inspector.calibration.pixel_threshold = None
     with pytest.raises(RunError, match="--pixel-threshold"):
         default_region_settings(inspector)
     settings = default_region_settings(inspector, pixel_threshold=0.5)

@@ -33,7 +33,7 @@ def test_fit_writes_run_with_calibration(surfaces, tmp_path, tiny_config):
     assert model.channels == 1 and model.epoch == 2
     cal = model.calibration
     assert cal.n_images == 6 and cal.r_std > 0 and cal.l_std > 0 and np.isfinite(cal.threshold)
-    assert cal.map_high is not None and cal.map_high > 0
+    assert cal.pixel_threshold is not None and cal.pixel_threshold > 0
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,loss_g") and len(history) == 3
 

@@ -22,11 +22,10 @@ from aoiflow.evaluate import recalibrate
 from aoiflow.runs import TrainedModel
 from aoiflow.scoring import combined_score, score_images
 from aoiflow.tune import (
-    ImageCache, SearchSpace, TuneError, TuneSettings, base_params, search_scoring, split_trials,
-    stage_distributions, trial_config, tune, validation_set,
+    ImageCache, SearchSpace, TrialResult, TuneError, TuneSettings, base_params, search_scoring, split_trials,
+    stage_anchors, stage_distributions, trial_config, tune, validation_set,
 )
 
-from conftest import make_tiny_config
 
 TINY_SPACE = SearchSpace(image_sizes=(32,), latent_sizes=(16, 32))
 
@@ -102,6 +101,22 @@ def test_stage_three_moves_between_anchors_of_different_shapes_in_one_stored_stu
         study.tell(trial, 0.5)
 
 
+def test_anchors_are_the_best_distinct_earlier_trials():
+    base = build_config("ganomaly-l1-l1")
+
+    def done(stage, trial, w_con, objective, state="complete"):
+        params = dict(base_params(base), w_con=w_con)
+        return TrialResult(stage, trial, params, state, objective=objective)
+
+    earlier = [done(1, 0, 1, 0.6), done(1, 1, 10, 0.9), done(1, 2, 20, 0.9), done(1, 3, 30, None, "fail"),
+               done(2, 0, 10, 0.95), done(2, 1, 40, 0.7)]
+    assert stage_anchors(1, base, earlier, top_few=3) == [base_params(base)]
+    assert [a["w_con"] for a in stage_anchors(2, base, earlier[:4], top_few=3)] == [10]  # tie: the earlier trial
+    # the same settings found twice count once; failed trials never anchor
+    assert [a["w_con"] for a in stage_anchors(3, base, earlier, top_few=3)] == [10, 20, 40]
+    assert stage_anchors(2, base, [done(1, 0, 1, None, "fail")], top_few=3) == []
+
+
 def test_validation_split_takes_a_fraction_of_each_defect_type(tile_subset):
     settings = TuneSettings(val_fraction=0.34, seed=5)
     val = validation_set(tile_subset, settings)
@@ -125,8 +140,8 @@ def test_validation_folder_is_read_and_checked(tile_subset, tmp_path):
         validation_set(tile_subset, TuneSettings(val_dir=str(vdir)))
 
 
-def test_cached_scoring_search_matches_the_real_scoring_path(tile_subset, tmp_path):
-    cfg = make_tiny_config()
+def test_cached_scoring_search_matches_the_real_scoring_path(tile_subset, tmp_path, tiny_config):
+    cfg = tiny_config
     run = tmp_path / "run"
     aoiflow.train.fit(tile_subset, run, cfg, progress=False)
     model = TrainedModel.load(run)
@@ -167,13 +182,14 @@ def test_image_cache_reads_once_and_keeps_skips(tile_subset, tmp_path):
     assert again.paths == list(reversed(paths[:-1]))
 
 
-def _tiny_base():
-    return make_tiny_config().model_copy(update={"train": make_tiny_config().train.model_copy(update={"epochs": 1})})
+@pytest.fixture
+def tiny_base(tiny_config):
+    return tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"epochs": 1})})
 
 
-def test_search_writes_table_plot_best_config_and_a_fair_comparison(tile_subset, tmp_path):
+def test_search_writes_table_plot_best_config_and_a_fair_comparison(tile_subset, tmp_path, tiny_base):
     out = tmp_path / "search"
-    base = _tiny_base()
+    base = tiny_base
     settings = TuneSettings(stage_trials=(2, 1, 1), val_fraction=0.34)
     outcome = tune(tile_subset, out, base, TINY_SPACE, settings, progress=False, log=lambda s: None)
 
@@ -214,8 +230,9 @@ def test_search_writes_table_plot_best_config_and_a_fair_comparison(tile_subset,
     assert tested["counts"]["anomalous"] == 4 and tested["excluded"] == 2
 
 
-def test_interrupted_search_resumes_where_it_stopped_with_the_same_trials(tile_subset, tmp_path, monkeypatch):
-    base = _tiny_base()
+def test_interrupted_search_resumes_where_it_stopped_with_the_same_trials(tile_subset, tmp_path, monkeypatch,
+                                                                           tiny_base):
+    base = tiny_base
     settings = TuneSettings(stage_trials=(2, 1, 1), val_fraction=0.34)
     quiet = dict(progress=False, log=lambda s: None)
     tune(tile_subset, tmp_path / "straight", base, TINY_SPACE, settings, **quiet)
@@ -299,12 +316,12 @@ def test_l1_preset_searches_no_ssim_windows(tile_subset, tmp_path):
     assert load_config(out / "best.yaml").scoring.lam == outcome.best.best_lam
 
 
-def test_search_on_generated_surfaces_needs_no_shared_data(tmp_path):
+def test_search_on_generated_surfaces_needs_no_shared_data(tmp_path, tiny_base):
     from aoiflow.synth import make_surface_dataset
 
     root = make_surface_dataset(tmp_path / "surf", n_train=16, n_test_good=4, n_per_defect=3, size=32)
     out = tmp_path / "search"
-    outcome = tune(root, out, _tiny_base(), TINY_SPACE, TuneSettings(stage_trials=(1, 1, 1), val_fraction=0.34),
+    outcome = tune(root, out, tiny_base, TINY_SPACE, TuneSettings(stage_trials=(1, 1, 1), val_fraction=0.34),
                    progress=False, log=lambda s: None)
     assert len(_rows(out / "trials.csv")) == 3
     # two defect kinds of three images: one of each validates, the other two of each are tested

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -16,7 +14,7 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from aoiflow import data
-from aoiflow.fileio import atomic_write_text
+from aoiflow.fileio import atomic_write_text, write_csv
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.config import ScoreConfig
 from aoiflow.calibrate import combined_score, decide, fit_calibration, verdict
@@ -205,14 +203,9 @@ def compute_metrics(ev: Evaluation) -> dict:
     }
 
 
-def _scores_csv(ev: Evaluation) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(SCORE_FIELDS)
-    for i, s in enumerate(ev.samples):
-        w.writerow([s.path, s.label, s.defect_type, f"{ev.r[i]:.6g}", f"{ev.l[i]:.6g}", f"{ev.a[i]:.6g}",
-                    f"{ev.a_hat[i]:.6g}", verdict(ev.a[i], ev.threshold)])
-    return buf.getvalue()
+def _score_rows(ev: Evaluation) -> list[list[object]]:
+    return [[s.path, s.label, s.defect_type, f"{ev.r[i]:.6g}", f"{ev.l[i]:.6g}", f"{ev.a[i]:.6g}",
+             f"{ev.a_hat[i]:.6g}", verdict(ev.a[i], ev.threshold)] for i, s in enumerate(ev.samples)]
 
 
 def _json_ready(obj):
@@ -266,7 +259,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path
                    excluded=ev.excluded)
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "scores.csv", _scores_csv(ev))
+    write_csv(out / "scores.csv", SCORE_FIELDS, _score_rows(ev))
     atomic_write_text(out / "metrics.json", json.dumps(_json_ready(metrics), indent=2))
     labels = np.array([s.label for s in ev.samples])
     report.roc_plot(labels, ev.a, out / "roc.png", title=f"{model.config.preset or 'run'}")

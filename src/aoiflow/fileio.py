@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -63,3 +65,42 @@ def output_stems(paths: Iterable[Path], base: Path) -> dict[Path, str]:
         taken.add(unique)
         names[p] = unique
     return names
+
+
+Row = Sequence[object] | Mapping[str, object]
+
+
+def _cells(row: Row, fields: Sequence[str]) -> list[object]:
+    return [row.get(f, "") for f in fields] if isinstance(row, Mapping) else list(row)
+
+
+def write_csv(path: Path, fields: Sequence[str], rows: Iterable[Row]) -> None:
+    """A whole CSV file (header + rows given as sequences or dicts keyed by field), atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(fields)
+    writer.writerows(_cells(r, fields) for r in rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class CsvAppender:
+    """A CSV written row by row and flushed each time: a crash keeps every row already made."""
+
+    def __init__(self, path: Path, fields: Sequence[str]) -> None:
+        self.fields = list(fields)
+        self.file = open(path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.add(self.fields)
+
+    def add(self, row: Row) -> None:
+        self.writer.writerow(_cells(row, self.fields))
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "CsvAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

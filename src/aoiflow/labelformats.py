@@ -11,23 +11,20 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from aoiflow.fileio import atomic_write_bytes, atomic_write_text, output_stems
-
-if TYPE_CHECKING:
-    from aoiflow.prelabel import LabelledImage, Region
+from aoiflow.regions import LabelledImage, Region
 
 
-def _corner_points(item: "LabelledImage", r: "Region") -> list[tuple[float, float]]:
+def _corner_points(item: LabelledImage, r: Region) -> list[tuple[float, float]]:
     """Polygon in the COCO/YOLO convention (pixel i spans [i, i + 1)), clipped to the image."""
     return [(min(max(x + 0.5, 0.0), item.width), min(max(y + 0.5, 0.0), item.height)) for x, y in r.polygon]
 
 
-def labelme_json(item: "LabelledImage", image_ref: str) -> dict:
+def labelme_json(item: LabelledImage, image_ref: str) -> dict:
     """LabelMe annotation (polygons), opened by labelme with the image beside it."""
     return {
         "version": "5.5.0", "flags": {},
@@ -39,7 +36,7 @@ def labelme_json(item: "LabelledImage", image_ref: str) -> dict:
     }
 
 
-def voc_xml(item: "LabelledImage", channels: int) -> str:
+def voc_xml(item: LabelledImage, channels: int) -> str:
     """Pascal VOC annotation (boxes, 1-based inclusive pixel coordinates)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = item.path.parent.name
@@ -63,7 +60,7 @@ def voc_xml(item: "LabelledImage", channels: int) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def yolo_lines(item: "LabelledImage", class_ids: dict[str, int], polygons: bool) -> str:
+def yolo_lines(item: LabelledImage, class_ids: dict[str, int], polygons: bool) -> str:
     """YOLO txt: ``class cx cy w h`` normalised, or ``class x1 y1 x2 y2 ...`` for segmentation."""
     lines = []
     for r in item.regions:
@@ -79,7 +76,7 @@ def yolo_lines(item: "LabelledImage", class_ids: dict[str, int], polygons: bool)
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def region_mask(item: "LabelledImage") -> np.ndarray:
+def region_mask(item: LabelledImage) -> np.ndarray:
     """uint8 (H, W): 255 inside any region (filled polygons), 0 elsewhere."""
     mask = np.zeros((item.height, item.width), np.uint8)
     for r in item.regions:
@@ -106,7 +103,7 @@ class Writers:
         """The file stem for an input image's label files: unique within the batch (``fileio.output_stems``)."""
         return self.stems.get(path) or output_stems([path], self.base)[path]
 
-    def write_image(self, item: "LabelledImage") -> None:
+    def write_image(self, item: LabelledImage) -> None:
         stem = self.stem(item.path)
         for r in item.regions:
             self.class_ids.setdefault(r.label, len(self.class_ids))
@@ -126,7 +123,7 @@ class Writers:
         if "coco" in self.formats:
             self._add_coco(item)
 
-    def _add_coco(self, item: "LabelledImage") -> None:
+    def _add_coco(self, item: LabelledImage) -> None:
         image_id = len(self.coco_images) + 1
         self.coco_images.append({"id": image_id, "file_name": str(item.path.relative_to(self.base))
                                  if item.path.is_relative_to(self.base) else item.path.name,

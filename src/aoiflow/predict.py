@@ -10,7 +10,6 @@ Library use::
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from aoiflow import data
-from aoiflow.fileio import atomic_write, output_stems
+from aoiflow.fileio import CsvAppender, atomic_write, output_stems
 from aoiflow.preprocess import SkippedFrame, preprocess_frame
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.calibrate import combined_score, verdict
@@ -209,29 +208,6 @@ def prepare_output(out: Path, ours: Iterable[str], overwrite: bool, command: str
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise data.DataLayoutError(f"{out}: output folder is not writable ({exc.strerror})") from None
-
-
-class CsvAppender:
-    """A CSV written row by row and flushed each time: a crash keeps every row already made."""
-
-    def __init__(self, path: Path, fields: list[str]) -> None:
-        self.path = path
-        self.file = open(path, "w", newline="")
-        self.writer = csv.writer(self.file)
-        self.add(fields)
-
-    def add(self, row: list[str]) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> "CsvAppender":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | Path, write_maps: bool = True,

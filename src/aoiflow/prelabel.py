@@ -8,32 +8,19 @@ of the model input, described by a simplified polygon, a box, its area and its m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from aoiflow import data
+from aoiflow import data, labelformats
 from aoiflow.fileio import atomic_write_bytes, output_stems
 from aoiflow.predict import Inspector, Prediction, collect_inputs, prepare_output
+from aoiflow.regions import LabelledImage, Region  # also imported from here by callers
 from aoiflow.runs import RunError
 
 FORMATS = ("labelme", "voc", "coco", "yolo", "mask")
-
-
-@dataclass
-class Region:
-    """One defect region in original-image pixel coordinates."""
-
-    id: int
-    polygon: list[tuple[float, float]]  # simplified outline, (x, y), at least 3 points
-    box: tuple[int, int, int, int]      # x0, y0, x1, y1 inclusive pixel bounds
-    area: int                           # pixels
-    mean_score: float
-    max_score: float
-    label: str = "defect"
-    mask: np.ndarray | None = field(default=None, repr=False)  # bool (H, W), for metrics
 
 
 @dataclass
@@ -100,17 +87,6 @@ def _polygon(mask: np.ndarray, tolerance: float, box: tuple[int, int, int, int])
     return [(x0 - 0.5, y0 - 0.5), (x1 + 0.5, y0 - 0.5), (x1 + 0.5, y1 + 0.5), (x0 - 0.5, y1 + 0.5)]
 
 
-@dataclass
-class LabelledImage:
-    """A judged image and its regions (empty when judged normal)."""
-
-    path: Path
-    width: int
-    height: int
-    prediction: Prediction
-    regions: list[Region]
-
-
 def default_region_settings(inspector: Inspector, pixel_threshold: float | None = None, **kw) -> RegionSettings:
     """Region settings with the run's stored pixel threshold unless one is given."""
     if pixel_threshold is None:
@@ -174,8 +150,6 @@ def prelabel_folder(inspector: Inspector, target: str | Path, out_dir: str | Pat
                     overwrite: bool = False) -> dict:
     """``aoiflow prelabel``: label files for every image under ``target`` in each format."""
     from tqdm import tqdm
-
-    from aoiflow import labelformats
 
     formats = list(formats)
     for f in formats:

@@ -12,8 +12,6 @@ Frames with no part, several parts, or a part cut by the frame border are skippe
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 
 from aoiflow import data
 from aoiflow.config import PreprocessConfig
-from aoiflow.fileio import atomic_write_bytes, atomic_write_text
+from aoiflow.fileio import atomic_write_bytes, write_csv
 
 OUTLINE_FIELDS = ["file", "status", "reason", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3",
                   "angle_deg", "gamma_inside", "gamma_outside"]
@@ -238,8 +236,4 @@ def preprocess_folder(raw_dir: str | Path, out_dir: str | Path, cfg: PreprocessC
 
 
 def _write_outlines(out: Path, rows: list[list[str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(OUTLINE_FIELDS)
-    w.writerows(rows)
-    atomic_write_text(out / "outlines.csv", buf.getvalue())
+    write_csv(out / "outlines.csv", OUTLINE_FIELDS, rows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import random
 import time
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ import torch
 
 from aoiflow import data
 from aoiflow.config import Config, save_config
-from aoiflow.fileio import atomic_write_text
+from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
 from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, load_checkpoint, model_state,
@@ -145,11 +143,7 @@ def validation_loss(g: Generator, images: torch.Tensor, config: Config, batch_si
 
 
 def _write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run_dir / HISTORY, buf.getvalue())
+    write_csv(run_dir / HISTORY, HISTORY_FIELDS, rows)
 
 
 def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: int,
