@@ -71,6 +71,9 @@ class ScoreConfig(_Section):
     # speckle into coherent regions for localisation and pre-labels.
     map_sigma: float = Field(2.0, ge=0, le=16)
     topk_fraction: float = Field(0.01, gt=0, le=1)
+    # 'position': each map pixel in units of the spread that training normals' maps show at that
+    # position (scoring.MapStats), so places where normal parts vary stop looking like defects.
+    map_normalise: Literal["none", "position"] = "none"
     # The share of normal parts the line may flag: the image threshold is set so that new normal
     # images exceed it at most this often (aoiflow.calibrate; 99 normals are needed for 1 %).
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)

@@ -47,10 +47,10 @@ class _TorchBackend:
 
     def __init__(self, model: TrainedModel) -> None:
         self.config, self.channels, self.calibration = model.config, model.channels, model.calibration
-        self.generator = model.generator
+        self.generator, self.map_stats = model.generator, model.map_stats
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        r, l, amap, _ = score_batch(self.generator, x, self.config.scoring)
+        r, l, amap, _ = score_batch(self.generator, x, self.config.scoring, self.map_stats)
         a = combined_score(r.numpy(), l.numpy(), self.calibration, self.config.scoring.lam)
         return r.numpy(), l.numpy(), a, amap
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,9 +20,7 @@ from aoiflow.calibrate import Calibration, CalibrationError, fit_calibration
 from aoiflow.fileio import atomic_write_text
 from aoiflow.preprocess import SkippedFrame, preprocess_frame
 from aoiflow.config import save_config
-from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, model_state, save_checkpoint,
-                          save_model)
-from aoiflow.scoring import score_images
+from aoiflow.runs import CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
 
 HISTORY_FILE = "calibration.json"
 
@@ -71,7 +70,7 @@ def recalibrate_run(run_dir: str | Path, normals: list[Path] | None = None, rate
     if len(images) == 0:
         raise data.DataLayoutError(f"none of the {len(paths)} normal images could be used "
                                    f"(e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "no normal images given")
-    scores = score_images(model.generator, images, sc, keep_maps=True, progress=progress)
+    scores = model.score(images, keep_maps=True, progress=progress)
     try:
         cal = fit_calibration(scores.r, scores.l, sc.lam, rate, scores.maps, source=source)
     except CalibrationError as exc:
@@ -85,7 +84,7 @@ def _store(run_dir: Path, model: TrainedModel, cal: Calibration) -> None:
     config.yaml; appended to calibration.json."""
     config = model.config.model_copy(deep=True)
     config.scoring.false_alarm_rate = cal.target_rate
-    save_model(run_dir, model_state(model.generator, config, model.channels, model.epoch, model.split, cal))
+    save_model(run_dir, replace(model, config=config, calibration=cal).to_state())
     if (run_dir / CHECKPOINT).is_file():
         state = load_checkpoint(run_dir)
         state["calibration"], state["config"] = cal.to_dict(), config.model_dump()

@@ -22,6 +22,7 @@ from aoiflow.calibrate import Calibration
 from aoiflow.config import Config
 from aoiflow.fileio import atomic_write
 from aoiflow.model import Generator
+from aoiflow.scoring import MapStats, RawScores, score_images
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -36,14 +37,6 @@ class RunError(ValueError):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda p: torch.save(state, p))
-
-
-def model_state(generator: Generator, config: Config, channels: int, epoch: int, split: dict,
-                calibration: Calibration) -> dict[str, Any]:
-    """What inference needs and nothing else (no discriminator, no optimiser state)."""
-    return {"format": MODEL_FORMAT, "config": config.model_dump(), "channels": channels, "epoch": epoch,
-            "generator": generator.state_dict(), "split": split, "data_root": split.get("root"),
-            "calibration": calibration.to_dict()}
 
 
 def save_model(run_dir: Path, state: dict[str, Any]) -> None:
@@ -100,6 +93,7 @@ class TrainedModel:
     epoch: int
     split: dict[str, list[str]]  # file names of train/val images relative to the data root
     data_root: str | None = None  # the folder the run was trained on
+    map_stats: MapStats | None = None  # per-position statistics of normal maps (map_normalise: position)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainedModel":
@@ -112,4 +106,15 @@ class TrainedModel:
         gen.eval()
         cal = Calibration.from_dict(state["calibration"]) if state.get("calibration") else None
         return cls(gen, config, channels, cal, int(state["epoch"]), state["split"],
-                   state.get("data_root"))
+                   state.get("data_root"), MapStats.from_dict(state.get("map_stats")))
+
+    def to_state(self) -> dict[str, Any]:
+        """What inference needs and nothing else (no discriminator, no optimiser state): model.pt."""
+        return {"format": MODEL_FORMAT, "config": self.config.model_dump(), "channels": self.channels,
+                "epoch": self.epoch, "generator": self.generator.state_dict(), "split": self.split,
+                "data_root": self.data_root, "calibration": self.calibration.to_dict() if self.calibration else None,
+                "map_stats": self.map_stats.to_dict() if self.map_stats else None}
+
+    def score(self, images: torch.Tensor, **kw: Any) -> RawScores:
+        """Score (N, C, S, S) images in [0, 1] with this run's settings (``scoring.score_images``)."""
+        return score_images(self.generator, images, self.config.scoring, map_stats=self.map_stats, **kw)

@@ -60,6 +60,37 @@ def pool_map(amap: torch.Tensor, pooling: str = "mean", topk_fraction: float = 0
     raise ValueError(f"pooling must be 'mean' or 'topk', got {pooling!r}")
 
 
+@dataclass
+class MapStats:
+    """Per-position mean and spread (S, S) of training normals' maps. For aligned parts a map
+    pixel is judged against what normal parts show at that place: where normal parts vary (bond
+    wires, print, the border of a resized tile) a high value is expected, where they never vary
+    it is not."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def apply(self, amap: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) map -> the same map in units of the normals' spread at each position."""
+        return (amap - self.mean) / self.std
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor] | None) -> "MapStats | None":
+        return cls(d["mean"].float(), d["std"].float()) if d else None
+
+
+def fit_map_stats(maps: torch.Tensor) -> MapStats:
+    """From normal maps (N, 1, S, S). The spread is floored at a quarter of its mean, so a
+    position where normals never vary (a flat background) does not turn noise into alarms."""
+    if len(maps) < 2:
+        raise ValueError("per-position map statistics need at least 2 normal images")
+    mean, std = maps[:, 0].mean(0), maps[:, 0].std(0)
+    return MapStats(mean, std.clamp_min(0.25 * float(std.mean()) + 1e-6))
+
+
 class ScoringGraph(nn.Module):
     """Image in, verdict inputs out, in one module (what gets exported).
 
@@ -67,24 +98,34 @@ class ScoringGraph(nn.Module):
     A uses the calibration's normalisation, stored as buffers so it travels with the graph.
     """
 
-    def __init__(self, generator: Generator, settings: ScoreConfig, calibration: Calibration) -> None:
+    def __init__(self, generator: Generator, settings: ScoreConfig, calibration: Calibration,
+                 map_stats: MapStats | None = None) -> None:
         super().__init__()
         self.generator = generator.eval()
         self.settings = settings
         stats = [calibration.r_mean, calibration.r_std, calibration.l_mean, calibration.l_std]
         self.register_buffer("stats", torch.tensor(stats, dtype=torch.float32))
+        self.map_stats = _required_stats(settings, map_stats)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        r, l, amap, _ = _score(self.generator, x, self.settings)
+        r, l, amap, _ = _score(self.generator, x, self.settings, self.map_stats)
         lam = self.settings.lam
         a = lam * (r - self.stats[0]) / self.stats[1] + (1.0 - lam) * (l - self.stats[2]) / self.stats[3]
         return r, l, a, amap
 
 
-def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig):
+def _required_stats(settings: ScoreConfig, map_stats: MapStats | None) -> MapStats | None:
+    if settings.map_normalise == "position" and map_stats is None:
+        raise ValueError("scoring.map_normalise is 'position' but the run has no per-position map statistics")
+    return map_stats if settings.map_normalise == "position" else None
+
+
+def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None):
     out = generator(x * 2.0 - 1.0)
     x_hat = (out.reconstruction + 1.0) * 0.5
     amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window, settings.map_sigma)
+    if map_stats is not None:
+        amap = map_stats.apply(amap)
     r = pool_map(amap, settings.pooling, settings.topk_fraction)
     l = (out.latent - out.latent_hat).pow(2).flatten(1).mean(1)
     return r, l, amap, x_hat
@@ -92,13 +133,13 @@ def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig):
 
 @torch.inference_mode()
 def score_batch(
-    generator: Generator, x: torch.Tensor, settings: ScoreConfig
+    generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S).
     Puts the generator in eval mode: BatchNorm must use its running statistics, so an image scores
     the same alone or in a batch, and scoring never changes the model."""
     generator.eval()
-    return _score(generator, x, settings)
+    return _score(generator, x, settings, _required_stats(settings, map_stats))
 
 
 def score_images(
@@ -109,6 +150,7 @@ def score_images(
     keep_maps: bool = False,
     keep_reconstructions: bool = False,
     progress: bool = False,
+    map_stats: MapStats | None = None,
 ) -> RawScores:
     """Score (N, C, S, S) images in [0, 1] in batches (the generator is put in eval mode)."""
     from tqdm import tqdm
@@ -116,7 +158,7 @@ def score_images(
     rs, ls, maps, recs = [], [], [], []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="scoring", unit="batch", disable=not progress, leave=False):
-        r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], settings)
+        r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], settings, map_stats)
         rs.append(r)
         ls.append(l)
         if keep_maps:

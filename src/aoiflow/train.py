@@ -18,10 +18,9 @@ from aoiflow.config import Config, save_config
 from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
-from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, load_checkpoint, model_state,
-                          save_checkpoint, save_model)
+from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
 from aoiflow.calibrate import fit_calibration
-from aoiflow.scoring import score_images
+from aoiflow.scoring import fit_map_stats, score_images
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
 
@@ -147,14 +146,14 @@ def _write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
 
 
 def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: int,
-                      history: list, split: dict, calibration=None) -> dict:
+                      history: list, split: dict) -> dict:
     return {
         "config": config.model_dump(), "channels": channels, "epoch": epoch,
         "generator": state.generator.state_dict(), "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
         "lr_pieces": state.lr_pieces,
         "history": history, "split": split, "data_root": split.get("root"), "torch_rng": torch.get_rng_state(),
-        "calibration": calibration.to_dict() if calibration else None,
+        "calibration": None,
     }
 
 
@@ -265,17 +264,36 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), t.epochs)) from None
 
-    state.generator.eval()
-    sc = config.scoring
-    val_scores = score_images(state.generator, val_set.images, sc, keep_maps=True)
-    calibration = fit_calibration(val_scores.r, val_scores.l, sc.lam, sc.false_alarm_rate, val_scores.maps,
-                                  source="held-out normals")
-    if progress:
-        tqdm.write(f"calibration: {calibration.summary()}")
     done = max(start_epoch, t.epochs)
-    save_checkpoint(run_dir / CHECKPOINT, _checkpoint_state(state, config, channels, done, history, split, calibration))
-    save_model(run_dir, model_state(state.generator, config, channels, done, split, calibration))
+    model = finish_model(TrainedModel(state.generator, config, channels, None, done, split, split.get("root")),
+                         train_set.images, val_set.images)
+    if progress:
+        tqdm.write(f"calibration: {model.calibration.summary()}")
+    save_checkpoint(run_dir / CHECKPOINT, {**_checkpoint_state(state, config, channels, done, history, split),
+                                           "calibration": model.calibration.to_dict(),
+                                           "map_stats": model.to_state()["map_stats"]})
+    save_model(run_dir, model.to_state())
     return run_dir / CHECKPOINT
+
+
+MAP_STATS_IMAGES = 256  # training normals that set the per-position map statistics
+
+
+def finish_model(model: TrainedModel, train_images: torch.Tensor, val_images: torch.Tensor) -> TrainedModel:
+    """The trained generator made ready to judge: per-position map statistics from training normals
+    (when the scoring asks for them), then the calibration from the held-out normals. Fitting the
+    map statistics on other normals than the calibration keeps the threshold's rate guarantee."""
+    sc = model.config.scoring
+    model.generator.eval()
+    if sc.map_normalise == "position":
+        sample = train_images[:: max(1, len(train_images) // MAP_STATS_IMAGES)]
+        plain = sc.model_copy(update={"map_normalise": "none"})
+        model.map_stats = fit_map_stats(score_images(model.generator, sample, plain, keep_maps=True).maps)
+    else:
+        model.map_stats = None
+    val = model.score(val_images, keep_maps=True)
+    model.calibration = fit_calibration(val.r, val.l, sc.lam, sc.false_alarm_rate, val.maps, source="held-out normals")
+    return model
 
 
 def _interrupted_message(data_root: str | Path, run_dir: Path, done: int, epochs: int) -> str:
