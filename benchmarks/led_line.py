@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from aoiflow.config import PreprocessConfig
+from aoiflow.config import PRESET_NAMES
 from aoiflow.demo import run_led_demo
+from aoiflow.ledsynth import parse_variability
 from aoiflow.ledsynth import make_frame
 from aoiflow.preprocess import preprocess_frame
 
@@ -43,17 +45,23 @@ def main() -> None:
     ap.add_argument("--base-width", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/led"))
+    ap.add_argument("--variability", type=parse_variability, default=0.0,
+                    help="normal part-to-part variation: none, mild, strong or 0-1")
+    ap.add_argument("--presets", nargs="+", default=list(PRESET_NAMES))
+    ap.add_argument("--map-normalise", choices=("none", "position"), default="none")
     args = ap.parse_args()
     torch.set_num_threads(2)
     cv_ms = preprocessing_ms()
     report = run_led_demo(args.out, scale=args.scale, epochs=args.epochs, base_width=args.base_width,
-                          seed=args.seed, progress=False)
+                          seed=args.seed, progress=False, variability=args.variability, presets=tuple(args.presets),
+                          map_normalise=args.map_normalise)
     import json
 
     summary = json.loads((args.out / "summary.json").read_text())
     kinds = sorted(summary["baseline"].keys() - {"all"})
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"\nbudget: {args.epochs} epochs, batch 16, lr 4e-4, base width {args.base_width}, scale {args.scale}, 2 threads")
+    print(f"\nbudget: {args.epochs} epochs, batch 16, lr 4e-4, base width {args.base_width}, scale {args.scale}, "
+          f"variability {args.variability:g}, map normalisation {args.map_normalise}, 2 threads")
     print("| preset | image AUROC | " + " | ".join(kinds) + " | pixel AUROC | ms/frame b1 | train s |")
     print("|---|---|" + "---|" * len(kinds) + "---|---|---|")
     for r in summary["results"]:

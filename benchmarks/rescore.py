@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from aoiflow.evaluate import compute_metrics, recalibrate, run_evaluation
+from aoiflow.evaluate import compute_metrics, recalibrate, score_test_set
 from aoiflow.runs import TrainedModel
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     for score, pooling, lam, sigma in itertools.product(args.scores, args.poolings, lams, args.sigmas):
         settings = model.config.scoring.model_copy(
             update={"score": score, "pooling": pooling, "lam": lam, "map_sigma": sigma})
-        m = compute_metrics(run_evaluation(recalibrate(model, args.data, settings), args.data, progress=False))
+        m = compute_metrics(score_test_set(recalibrate(model, args.data, settings), args.data, progress=False))
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"| {score} | {pooling} | {lam} | {sigma} | {fmt(m['image_auroc'])} | {fmt(m['pixel_auroc'])} | "
               f"{fmt(m['image_auroc_R_only'])} | {fmt(m['image_auroc_L_only'])} |", flush=True)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from aoiflow.evaluate import evaluate, evaluate_run
-from aoiflow.runs import RunError
+from aoiflow.evaluate import evaluate, evaluate_run, score_test_set
+from aoiflow.runs import RunError, TrainedModel
 from aoiflow.train import fit
 
 
@@ -35,11 +35,16 @@ def test_evaluation_on_real_images_writes_everything(tile_run, tile_subset):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["counts"] == {"normal": 4, "anomalous": 6, "skipped": 1}
     assert saved["skipped"][0]["path"].endswith("zz_truncated.jpg")
-    labels = np.array([s.label for s in ev.samples])
+    labels = np.array([x.label for x in ev.per_image])
     assert saved["image_auroc"] == pytest.approx(_rank_auroc(labels, ev.a), abs=1e-9)
-    pixels = [i for i, m in enumerate(ev.masks) if m is not None and (labels[i] == 0 or m.any())]
-    truth = np.concatenate([ev.masks[i].ravel() for i in pixels])
-    values = np.concatenate([ev.maps[i].numpy().ravel() for i in pixels])
+    # The evaluation keeps no maps: score the set again (same model, batches and threads: same maps).
+    with pytest.warns(UserWarning, match="zz_truncated.jpg"):
+        scored = score_test_set(TrainedModel.load(tile_run), tile_subset, progress=False)
+    assert [(x.path, x.a) for x in scored.evaluation.per_image] == [(x.path, x.a) for x in ev.per_image]
+    masks = scored.masks
+    pixels = [i for i, m in enumerate(masks) if m is not None and (labels[i] == 0 or m.any())]
+    truth = np.concatenate([masks[i].ravel() for i in pixels])
+    values = np.concatenate([scored.maps[i].ravel() for i in pixels])
     assert saved["pixel_auroc"] == pytest.approx(_rank_auroc(truth, values), abs=1e-9)
     decided = ev.a > saved["threshold"]
     tp, fp, fn = (decided & (labels == 1)).sum(), (decided & (labels == 0)).sum(), (~decided & (labels == 1)).sum()

@@ -8,28 +8,37 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from aoiflow import data
-from aoiflow.evaluate import Evaluation, compute_metrics, localisation_metrics, pixel_auroc
+from aoiflow.evaluate import (
+    Evaluation,
+    ImageResult,
+    image_metrics,
+    localisation_metrics,
+    pixel_auroc,
+)
 from aoiflow.localisation import box_iou, match, pro_score, read_boxes
 
 
-def _evaluation(labels, a, threshold=0.5, kinds=None, maps=None, masks=None, boxes=None,
-                sizes=None, pixel_threshold=None, r=None) -> Evaluation:
-    """An Evaluation of N made-up images: scores ``a`` (also R and L unless ``r`` is given),
-    maps (N, S, S) numpy, masks (bool or None), box files and original (H, W) sizes."""
-    n = len(labels)
+def _evaluation(labels, a, threshold=0.5, kinds=None, r=None) -> Evaluation:
+    """An Evaluation of N made-up images: scores ``a`` (also R and L unless ``r`` is given)."""
     kinds = kinds or ["good" if y == 0 else "defect" for y in labels]
+    r = a if r is None else r
+    per_image = [ImageResult(Path(f"img{i}.png"), y, k, float(ri), float(ai), float(ai), float(ai),
+                             "anomalous" if ai > threshold else "normal", (8, 8))
+                 for i, (y, k, ai, ri) in enumerate(zip(labels, kinds, a, r))]
+    return Evaluation(per_image, threshold, [], 0.0, None)
+
+
+def _pixel_inputs(labels, a, threshold=0.5, maps=None, masks=None, boxes=None, sizes=None,
+                  pixel_threshold=None) -> dict:
+    """``localisation_metrics`` arguments for N made-up images: maps (N, S, S), masks (bool or
+    None), box files and original (H, W) sizes; an image scoring ``a`` above ``threshold`` is judged
+    anomalous."""
+    n = len(labels)
     maps = np.zeros((n, 8, 8), np.float32) if maps is None else np.asarray(maps, np.float32)
-    samples = [data.Sample(Path(f"img{i}.png"), y, k, None, (boxes or [None] * n)[i])
-               for i, (y, k) in enumerate(zip(labels, kinds))]
-    a = np.asarray(a, float)
-    s = maps.shape[-1]
-    zeros = torch.zeros(n, 1, s, s)
-    return Evaluation(samples, zeros, zeros, torch.tensor(maps)[:, None], masks or [None] * n,
-                      a if r is None else np.asarray(r, float), a, a, a, threshold, [], 0.0,
-                      sizes or [(s, s)] * n, pixel_threshold)
+    return {"maps": maps, "masks": masks or [None] * n, "labels": list(labels),
+            "judged": [v > threshold for v in a], "pixel_threshold": pixel_threshold,
+            "box_files": boxes or [None] * n, "original_sizes": sizes or [maps.shape[1:]] * n}
 
 
 def _pair_auroc(labels, scores) -> float:
@@ -48,7 +57,7 @@ SCORES = [0.1, 0.4, 0.7, 0.8, 0.9, 0.3, 0.7, 0.95]  # one tie (0.7) across the c
 
 def test_image_metrics_on_hand_made_scores():
     ev = _evaluation(LABELS, SCORES, 0.5, KINDS, r=[-s for s in SCORES])
-    m = compute_metrics(ev)
+    m = image_metrics(ev)
     # pairs won: 0.9 -> 4, 0.3 -> 1, 0.7 -> 2 + tie 0.5, 0.95 -> 4: 11.5 of 16
     assert m["image_auroc"] == pytest.approx(11.5 / 16) == _pair_auroc(LABELS, SCORES)
     assert m["image_auroc_R_only"] == pytest.approx(1 - 11.5 / 16)  # R = -A ranks every pair the other way
@@ -63,7 +72,7 @@ def test_image_metrics_on_hand_made_scores():
 
 
 def test_a_score_equal_to_the_threshold_is_normal():
-    m = compute_metrics(_evaluation(LABELS, SCORES, 0.7, KINDS))
+    m = image_metrics(_evaluation(LABELS, SCORES, 0.7, KINDS))
     # above 0.7: normal 0.8 (FP 1); anomalies 0.9, 0.95 (TP 2); 0.3 and 0.7 missed (FN 2)
     assert m["f1_at_threshold"] == pytest.approx(4 / 7)
     assert m["recall_at_threshold"] == 0.5 and m["false_positive_rate_at_threshold"] == 0.25
@@ -73,7 +82,7 @@ def test_image_auroc_agrees_with_pair_counting_on_random_scores():
     rng = np.random.default_rng(4)
     labels = [0] * 30 + [1] * 20
     scores = np.round(rng.normal(0, 1, 50) + np.array(labels), 1)  # rounding makes ties
-    m = compute_metrics(_evaluation(labels, scores))
+    m = image_metrics(_evaluation(labels, scores))
     assert m["image_auroc"] == pytest.approx(_pair_auroc(labels, scores), abs=1e-12)
 
 
@@ -88,18 +97,26 @@ def test_pixel_auroc_on_hand_made_maps():
     mask[:2, :2] = True
     unmarked = np.ones((4, 4))  # a defect image whose mask is empty: nothing to localise, left out
     no_mask = np.full((4, 4), 0.5)  # a defect image without ground truth, left out
-    ev = _evaluation([0, 1, 1, 1], [0, 1, 1, 1], maps=[normal, defect, unmarked, no_mask],
-                     masks=[np.zeros((4, 4), bool), mask, np.zeros((4, 4), bool), None])
+    maps = np.asarray([normal, defect, unmarked, no_mask], np.float32)
+    masks = [np.zeros((4, 4), bool), mask, np.zeros((4, 4), bool), None]
     # 28 negatives (15 x 0.2, one 0.9, 12 x 0.0); positives 0.95 -> 28, 0.8 -> 27, 0.9 -> 27 + tie, 0.1 -> 12
-    auroc, used = pixel_auroc(ev)
+    auroc, used = pixel_auroc(maps, masks, [0, 1, 1, 1])
     assert used == 2 and auroc == pytest.approx(94.5 / 112)
     y = np.r_[np.zeros(16), mask.ravel()]
     assert auroc == pytest.approx(_pair_auroc(y, np.r_[normal.ravel(), defect.ravel()]))
 
 
 def test_pixel_auroc_needs_an_annotated_defect():
-    ev = _evaluation([0, 1], [0, 1], masks=[np.zeros((8, 8), bool), None])
-    assert pixel_auroc(ev) == (None, 0)
+    maps = np.zeros((2, 8, 8), np.float32)
+    assert pixel_auroc(maps, [np.zeros((8, 8), bool), None], [0, 1]) == (None, 0)
+
+
+def test_pixel_metrics_refuse_inputs_not_one_per_map():
+    maps = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="one entry per map"):
+        pixel_auroc(maps, [None], [0, 1])
+    with pytest.raises(ValueError, match="judged"):
+        localisation_metrics(**{**_pixel_inputs([0, 1], [0, 1], maps=maps), "judged": [True]})
 
 
 # ---- PRO -------------------------------------------------------------------------------------
@@ -177,8 +194,8 @@ def test_pro_leaves_out_defect_images_without_a_marked_region():
     masks = [np.logical_or.reduce([np.zeros(m.shape, bool), *rs]) for m, rs in zip(maps, regions)]
     labels = [0, 0, 1, 1]
     unmarked = np.full((20, 20), 5.0)  # a defect its empty mask does not show scores high: no false positive
-    ev = _evaluation(labels, labels, maps=maps + [unmarked], masks=masks + [np.zeros((20, 20), bool)])
-    assert localisation_metrics(ev)["pro_30"] == pytest.approx(0.75, abs=1e-9)
+    inputs = _pixel_inputs(labels, labels, maps=maps + [unmarked], masks=masks + [np.zeros((20, 20), bool)])
+    assert localisation_metrics(**inputs)["pro_30"] == pytest.approx(0.75, abs=1e-9)
 
 
 # ---- boxes -----------------------------------------------------------------------------------
@@ -192,7 +209,7 @@ def _blob_map(boxes, size, scale_xy) -> np.ndarray:
     return m
 
 
-def _box_evaluation(files, truths, size, hw, found, a):
+def _box_inputs(files, truths, size, hw, found, a):
     """Images with box files; image i's map marks truth boxes ``found[i]`` plus, where found[i]
     holds the string 'extra', one spurious blob in the top-left corner. The last image is normal."""
     sx, sy = hw[1] / size, hw[0] / size
@@ -204,15 +221,15 @@ def _box_evaluation(files, truths, size, hw, found, a):
             m[:3, :3] = 1.0
         maps.append(m)
     labels = [1] * (len(files) - 1) + [0]
-    return _evaluation(labels, a, 0.5, maps=maps, boxes=files, sizes=[hw] * len(files), pixel_threshold=0.5)
+    return _pixel_inputs(labels, a, 0.5, maps=maps, boxes=files, sizes=[hw] * len(files), pixel_threshold=0.5)
 
 
 def _check_box_metrics(files, truths, size, hw):
     # image 0: 3 of 5 boxes found + a spurious blob; image 1: all 4 found; image 2: judged normal
     # (A below the threshold), so its blobs give no boxes; image 3: a normal image with a blob.
     found = [[0, 1, 2, "extra"], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5], ["extra"]]
-    ev = _box_evaluation(files, truths, size, hw, found, a=[1.0, 1.0, 0.0, 1.0])
-    out = localisation_metrics(ev)
+    inputs = _box_inputs(files, truths, size, hw, found, a=[1.0, 1.0, 0.0, 1.0])
+    out = localisation_metrics(**inputs)
     assert out["boxes_iou_0.5"] == {"precision": 7 / 9, "recall": 7 / 15, "f1": pytest.approx(2 * 7 / (9 + 15)),
                                     "predicted": 9, "truth": 15, "matched": 7}
     # edits: image 0 deletes 1 and adds 2; image 1 none; image 2 adds 6; image 3 deletes 1

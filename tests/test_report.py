@@ -15,7 +15,6 @@ from PIL import Image
 
 from aoiflow import demo, report
 from aoiflow.config import build_config
-from aoiflow.data import Sample
 from aoiflow.heatmap import heat_overlay, side_by_side
 
 # matplotlib's inferno at 0 and at 1 (its listed end colours)
@@ -37,15 +36,20 @@ def test_relative_href_is_posix_and_quoted(tmp_path):
     assert report.relative_href(tmp_path / "x.html", tmp_path / "sub") == "../x.html"
 
 
-def _fake_evaluation(seed: int) -> SimpleNamespace:
-    """Six 16x16 grey test images: two normal, two of each defect kind; defects score higher."""
+def _fake_scores() -> report.ScoreSet:
+    """Six test images: two normal, two of each defect kind; defects score higher."""
+    return report.ScoreSet(np.array([0, 0, 1, 1, 1, 1]), np.array([0.1, 0.3, 0.9, 0.5, 0.8, 0.7]), 0.4)
+
+
+def _fake_panels(seed: int) -> list[report.PanelRow]:
+    """One 16x16 grey frame per defect kind (no ground truth for one): input, reconstruction, L1
+    and SSIM-like maps."""
     rng = np.random.default_rng(seed)
-    kinds = ["good", "good", "rift", "rift", "dirt", "dirt"]
-    samples = [Sample(Path(f"{k}_{i}.png"), int(k != "good"), k) for i, k in enumerate(kinds)]
-    images = torch.from_numpy(rng.random((6, 1, 16, 16), dtype=np.float32))
-    masks = [np.zeros((16, 16), bool) if s.label == 0 else None for s in samples]
-    return SimpleNamespace(samples=samples, images=images, reconstructions=images * 0.9, masks=masks,
-                           a=np.array([0.1, 0.3, 0.9, 0.5, 0.8, 0.7]), threshold=0.4)
+    rows = []
+    for kind, mask in (("dirt", None), ("rift", rng.random((16, 16)) > 0.8)):
+        image = rng.random((16, 16, 1), dtype=np.float32)
+        rows.append(report.PanelRow(kind, image, image * 0.9, (0.1 * image[..., 0], rng.random((16, 16))), mask))
+    return rows
 
 
 def _result(tmp_path: Path, preset: str, reused_from: str | None, resumed: bool = False) -> dict:
@@ -54,7 +58,7 @@ def _result(tmp_path: Path, preset: str, reused_from: str | None, resumed: bool 
     own.write_text("<html></html>")
     per_kind = {"dirt": {"image_auroc": 1.0}, "rift": {"image_auroc": 1.0}}
     return {"preset": preset, "metrics": {"image_auroc": 1.0, "pixel_auroc": None, "per_defect_type": per_kind},
-            "train_s": 3.2, "ms_b1": 6.25, "evaluation": _fake_evaluation(len(preset)), "report": own,
+            "train_s": 3.2, "ms_b1": 6.25, "scores": _fake_scores(), "report": own,
             "reused_from": reused_from, "resumed": resumed}
 
 
@@ -62,7 +66,7 @@ def test_line_report_links_each_run_report_and_states_settings_and_timing(tmp_pa
     results = [_result(tmp_path, "ganomaly-l1-l1", None, resumed=True), _result(tmp_path, "ganomaly-ssim-l1", None),
                _result(tmp_path, "ganomaly-ssim-ssim", "ganomaly-ssim-l1")]
     settings = {"epochs per preset": 2, "base width": "<8>"}
-    page = report.line_report(tmp_path, results, {"all": 0.5, "dirt": 0.6, "rift": 0.4}, settings,
+    page = report.line_report(tmp_path, results, {"all": 0.5, "dirt": 0.6, "rift": 0.4}, _fake_panels(0), settings,
                               {"warmup": 10, "calls": 50, "threads": 2}).read_text()
     hrefs = re.findall(r'href="([^"]+)"', page)
     assert hrefs == [f"runs/{p}/eval/report.html" for p in ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim")]
@@ -74,6 +78,17 @@ def test_line_report_links_each_run_report_and_states_settings_and_timing(tmp_pa
     assert "<td>3†</td>" in page and "† ganomaly-l1-l1: a run left in this folder" in page
     for name in ("roc_all.png", "hist_all.png", "panels.png"):
         assert Image.open(tmp_path / name).size[0] > 100
+
+
+def test_panel_rows_need_a_map_for_every_column(tmp_path):
+    image = np.zeros((8, 8, 1))
+    row = report.PanelRow("dirt", image, image, (np.zeros((8, 8)),))
+    with pytest.raises(ValueError, match="2 map"):
+        report.panel_plot([row], tmp_path / "p.png", report.KIND_MAP_COLUMNS)
+    with pytest.raises(ValueError, match="at least one row"):
+        report.panel_plot([], tmp_path / "p.png")
+    report.panel_plot([row], tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").size[0] > 100
 
 
 def test_map_panel_has_a_colour_bar_with_the_value_scale():
@@ -146,9 +161,10 @@ def test_median_ms_leaves_warm_up_calls_untimed():
 
 def test_frame_ms_scores_one_frame_on_the_runs_threads(monkeypatch, tmp_path):
     cfg = build_config("ganomaly-l1-l1", overrides={"train": {"threads": 1}})
-    monkeypatch.setattr(demo.TrainedModel, "load", lambda run: SimpleNamespace(config=cfg, channels=1, generator=None))
+    monkeypatch.setattr(demo.TrainedModel, "load",
+                        lambda run: SimpleNamespace(config=cfg, channels=1, generator=None, map_stats=None))
     seen = []
-    monkeypatch.setattr(demo, "score_batch", lambda g, x, s: seen.append((torch.get_num_threads(), tuple(x.shape))))
+    monkeypatch.setattr(demo, "score_batch", lambda g, x, s, m: seen.append((torch.get_num_threads(), tuple(x.shape))))
     torch.set_num_threads(2)
     demo.frame_ms(tmp_path, warmup=4, calls=6)
     assert seen == [(1, (1, 1, 64, 64))] * 10

@@ -416,14 +416,22 @@ def synth(
     scale: float = typer.Option(1.0, help="fraction of the reference split (500 train / 600 test frames)"),
     severity: float = typer.Option(1.0, help="defect strength (1 = default)"),
     seed: int = typer.Option(0, help="random seed"),
+    variability: str = typer.Option(
+        "0", metavar="<level>", help="how much normal parts differ from one another: none (0: all parts of a type "
+        "alike, as in earlier versions), mild (0.4), strong (1) or a number 0-1. Scales the number, ends, bow and "
+        "gauge of bond wires, print marks, ragged pads and solder, die offset and size, surface grain, lighting drift"),
     quiet: bool = QuietOpt,
 ) -> None:
     """Generate 1280x1024 LED frames with plate-rift, unclean and glue-overflow defects and masks."""
-    from aoiflow.ledsynth import make_led_dataset
+    from aoiflow.ledsynth import make_led_dataset, parse_variability
 
     if scale <= 0 or severity <= 0:
         _fail(ValueError("--scale and --severity must be positive"))
-    make_led_dataset(out, scale=scale, seed=seed, severity=severity, progress=not quiet)
+    try:
+        v = parse_variability(variability)
+    except ValueError as exc:
+        _fail(exc)
+    make_led_dataset(out, scale=scale, seed=seed, severity=severity, progress=not quiet, variability=v)
     typer.echo(f"frames -> {out}")
 
 
@@ -459,13 +467,20 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="folder for frames, surfaces, runs and the report"),
     scale: float = typer.Option(0.2, help="fraction of the reference LED split to generate"),
     epochs: int = typer.Option(80, help="training epochs per preset"),
+    variability: str = typer.Option("0", metavar="<level>", help="how much normal parts differ: none (0, default), "
+                                                                 "mild (0.4), strong (1) or 0-1 (see `synth`)"),
     quiet: bool = QuietOpt,
 ) -> None:
     """The whole line on generated LED frames: generate, preprocess, train 3 presets, evaluate, report."""
     from aoiflow.demo import run_led_demo
+    from aoiflow.ledsynth import parse_variability
 
     _short_warnings()
-    report = run_led_demo(out, scale=scale, epochs=epochs, progress=not quiet, log=typer.echo)
+    try:
+        report = run_led_demo(out, scale=scale, epochs=epochs, progress=not quiet, log=typer.echo,
+                              variability=parse_variability(variability))
+    except (*_known_errors(), ValueError) as exc:
+        _fail(exc)
     typer.echo(f"report: {report}")
 
 

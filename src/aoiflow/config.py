@@ -56,6 +56,12 @@ class TrainConfig(_Section):
     seed: int = 0
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     threads: int = Field(2, ge=1)
+    # At least this many optimiser steps: a small set (60-100 normals) gets more epochs rather
+    # than stopping after a few dozen steps with the mean image learnt (0 = epochs alone).
+    min_steps: int = Field(0, ge=0)
+    # Transforms that keep this product's normal parts normal (aoiflow.augment): hflip, vflip,
+    # rot90, shift. None by default: a part with an orientation mark must not be flipped.
+    augment: list[Literal["hflip", "vflip", "rot90", "shift"]] = []
 
 
 class ScoreConfig(_Section):

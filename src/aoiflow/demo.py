@@ -20,9 +20,10 @@ from sklearn.metrics import roc_auc_score
 
 from aoiflow import data
 from aoiflow.config import PRESET_NAMES, Config, PreprocessConfig, build_config
-from aoiflow.evaluate import evaluate_run
+from aoiflow.evaluate import Evaluation, ImageResult, evaluate_run, image_hwc, load_masks
+from aoiflow.report import PanelRow, ScoreSet, line_report
 from aoiflow.runs import CHECKPOINT, TrainedModel
-from aoiflow.scoring import score_batch
+from aoiflow.scoring import anomaly_map, score_batch
 from aoiflow.train import fit_like, same_training
 
 BATCH_SIZE = 16
@@ -54,7 +55,7 @@ def frame_ms(run: Path, warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS) ->
     before = torch.get_num_threads()
     torch.set_num_threads(model.config.train.threads)
     try:
-        return median_ms(lambda: score_batch(model.generator, x, model.config.scoring), warmup, calls)
+        return median_ms(lambda: score_batch(model.generator, x, model.config.scoring, model.map_stats), warmup, calls)
     finally:
         torch.set_num_threads(before)
 
@@ -77,13 +78,13 @@ def mean_image_baseline(root: Path, size: int = 128) -> dict[str, float]:
 
 
 def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: int = 32, seed: int = 0,
-                 progress: bool = True, log=print) -> Path:
-    """Run the line end to end under ``out``; returns the report path."""
-    from aoiflow.report import line_report
-
+                 progress: bool = True, log=print, variability: float = 0.0,
+                 presets: tuple[str, ...] = PRESET_NAMES, map_normalise: str = "none") -> Path:
+    """Run the line end to end under ``out``; returns the report path. ``variability`` makes
+    normal parts differ from each other (aoiflow.ledsynth); ``map_normalise`` is the scoring's."""
     out = Path(out)
-    raw, surfaces = _prepare_frames(out, scale, seed, progress, log)
-    configs = {p: _preset_config(p, epochs, base_width, seed) for p in PRESET_NAMES}
+    raw, surfaces = _prepare_frames(out, scale, seed, progress, log, variability)
+    configs = {p: _preset_config(p, epochs, base_width, seed, map_normalise) for p in presets}
     results = _train_and_evaluate(out / "runs", surfaces, configs, progress, log)
     # Timed only now, not between trainings: right after training the CPU is still busy.
     for r in results:
@@ -92,13 +93,41 @@ def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: in
             f"after {WARMUP_CALLS} warm-up calls)")
     baseline = mean_image_baseline(surfaces)
     log(f"baseline (mean abs. difference to the mean normal surface): AUROC {baseline['all']:.3f}")
-    settings = _settings(configs, scale, seed, raw, surfaces)
+    settings = {**_settings(configs, scale, seed, raw, surfaces), "normal variability": f"{variability:g}",
+                "map normalisation": map_normalise}
     threads = sorted({c.train.threads for c in configs.values()})
     timing = {"warmup": WARMUP_CALLS, "calls": TIMED_CALLS, "threads": ", ".join(map(str, threads))}
-    summary = [{k: v for k, v in r.items() if k != "evaluation"} for r in results]
+    summary = [{k: v for k, v in r.items() if k not in ("evaluation", "scores")} for r in results]
     (out / "summary.json").write_text(json.dumps({"results": summary, "baseline": baseline, "settings": settings,
                                                   "timing": timing}, indent=1, default=str))
-    return line_report(out, results, baseline, settings, timing)
+    last = results[-1]
+    panels = kind_panel_rows(out / "runs" / last["preset"], last["evaluation"], surfaces)
+    return line_report(out, results, baseline, panels, settings, timing)
+
+
+def _top_of_each_kind(ev: Evaluation) -> list[ImageResult]:
+    """The highest-scoring test image of each defect kind."""
+    kinds = sorted({x.defect_type for x in ev.per_image if x.label == 1})
+    return [max((x for x in ev.per_image if x.defect_type == kind), key=lambda x: x.a) for kind in kinds]
+
+
+def kind_panel_rows(run: Path, ev: Evaluation, data_root: Path) -> list[PanelRow]:
+    """Per defect kind, its highest-scoring test frame: input, reconstruction, unsmoothed L1 and
+    SSIM maps, ground truth. The few frames are scored again: evaluations keep no images."""
+    model = TrainedModel.load(run)
+    size = model.config.model.image_size
+    chosen = {x.path: x for x in _top_of_each_kind(ev)}
+    samples = {s.path: s for s in data.test_samples(data_root)}
+    loaded = data.load_images(list(chosen), model.channels, size)
+    x = loaded.images
+    sc = model.config.scoring
+    x_hat = model.score(x, keep_reconstructions=True).reconstructions
+    # Both kinds of map with the run's own window and smoothing, as its scores are made.
+    l1 = anomaly_map(x, x_hat, "l1", sc.ssim_window, sc.map_sigma)[:, 0].numpy()
+    ssim = anomaly_map(x, x_hat, "ssim", sc.ssim_window, sc.map_sigma)[:, 0].numpy()
+    masks = load_masks([samples[p] for p in loaded.paths], size)
+    return [PanelRow(chosen[p].defect_type, image_hwc(x[k]), image_hwc(x_hat[k]), (l1[k], ssim[k]), masks[k])
+            for k, p in enumerate(loaded.paths)]
 
 
 def _train_and_evaluate(runs: Path, surfaces: Path, configs: dict[str, Config], progress: bool, log) -> list[dict]:
@@ -118,6 +147,7 @@ def _train_and_evaluate(runs: Path, surfaces: Path, configs: dict[str, Config], 
         train_s = time.perf_counter() - t0
         metrics, ev = evaluate_run(run, surfaces, progress=progress)
         results.append({"preset": preset, "metrics": metrics, "train_s": train_s, "evaluation": ev,
+                        "scores": ScoreSet(ev.labels, ev.a, ev.threshold),
                         "report": run / "eval" / "report.html", "reused_from": previous[0] if reused else None,
                         "resumed": earlier})
         log(f"  image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}")
@@ -125,24 +155,31 @@ def _train_and_evaluate(runs: Path, surfaces: Path, configs: dict[str, Config], 
     return results
 
 
-def _prepare_frames(out: Path, scale: float, seed: int, progress: bool, log) -> tuple[Path, Path]:
-    """Generated frames and their surface maps under ``out`` (kept from an earlier call)."""
+def _prepare_frames(out: Path, scale: float, seed: int, progress: bool, log,
+                    variability: float = 0.0) -> tuple[Path, Path]:
+    """Generated frames and their surface maps under ``out`` (kept from an earlier call with the
+    same generator settings; a call with other settings is refused rather than mixed)."""
     from aoiflow.ledsynth import make_led_dataset
     from aoiflow.preprocess import preprocess_folder
 
     raw, surfaces = out / "frames", out / "surfaces"
+    spec = {"scale": scale, "seed": seed, "variability": variability}
+    made = raw / "generator.json"
+    if (raw / "train").is_dir() and made.is_file() and json.loads(made.read_text()) != spec:
+        raise data.DataLayoutError(f"{raw} holds frames generated with {made.read_text().strip()}; choose another --out")
     if not (raw / "train").is_dir():
-        log(f"generating LED frames (scale {scale}) -> {raw}")
-        make_led_dataset(raw, scale=scale, seed=seed, progress=progress)
+        log(f"generating LED frames (scale {scale}, variability {variability:g}) -> {raw}")
+        make_led_dataset(raw, scale=scale, seed=seed, progress=progress, variability=variability)
+        made.write_text(json.dumps(spec))
     if not (surfaces / "outlines.csv").is_file():
         log(f"preprocessing -> {surfaces}")
         preprocess_folder(raw, surfaces, PreprocessConfig(size=256), progress=progress)
     return raw, surfaces
 
 
-def _preset_config(preset: str, epochs: int, base_width: int, seed: int) -> Config:
+def _preset_config(preset: str, epochs: int, base_width: int, seed: int, map_normalise: str = "none") -> Config:
     return build_config(preset, overrides={
-        "model": {"base_width": base_width},
+        "model": {"base_width": base_width}, "scoring": {"map_normalise": map_normalise},
         "train": {"epochs": epochs, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "seed": seed}})
 
 

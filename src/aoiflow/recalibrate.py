@@ -1,4 +1,5 @@
-"""``aoiflow calibrate``: fit a run's calibration again from normal images, without retraining.
+"""The calibration stage applied to a model: ``finish_model`` at the end of training, and
+``aoiflow calibrate``, which fits a run's calibration again from normal images, without retraining.
 
 For a new lighting, a new camera, a stricter false-alarm target, or simply more normals than the
 training hold-out had. The networks stay; the z-score statistics, the image threshold and the
@@ -17,12 +18,33 @@ import torch
 
 from aoiflow import data
 from aoiflow.calibrate import Calibration, CalibrationError, fit_calibration
+from aoiflow.scoring import fit_map_stats, score_images
 from aoiflow.fileio import atomic_write_text
 from aoiflow.preprocess import SkippedFrame, preprocess_frame
 from aoiflow.config import save_config
 from aoiflow.runs import CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
 
 HISTORY_FILE = "calibration.json"
+
+
+MAP_STATS_IMAGES = 256  # training normals that set the per-position map statistics
+
+
+def finish_model(model: TrainedModel, train_images: torch.Tensor, val_images: torch.Tensor) -> TrainedModel:
+    """The trained generator made ready to judge: per-position map statistics from training normals
+    (when the scoring asks for them), then the calibration from the held-out normals. Fitting the
+    map statistics on other normals than the calibration keeps the threshold's rate guarantee."""
+    sc = model.config.scoring
+    model.generator.eval()
+    if sc.map_normalise == "position":
+        sample = train_images[:: max(1, len(train_images) // MAP_STATS_IMAGES)]
+        plain = sc.model_copy(update={"map_normalise": "none"})
+        model.map_stats = fit_map_stats(score_images(model.generator, sample, plain, keep_maps=True).maps)
+    else:
+        model.map_stats = None
+    val = model.score(val_images, keep_maps=True)
+    model.calibration = fit_calibration(val.r, val.l, sc.lam, sc.false_alarm_rate, val.maps, source="held-out normals")
+    return model
 
 
 def _held_out_normals(model: TrainedModel) -> list[Path]:

@@ -1,12 +1,17 @@
 """Plots (ROC curve, score histograms, image panels: input, reconstruction, map, mask) and the
-HTML pages over them: one run's evaluation and the demo's comparison of presets."""
+HTML pages over them: one run's evaluation and the demo's comparison of presets.
+
+Plots take small plain records (scores, and a few example images as arrays) that their callers
+choose and build; this module never imports the evaluation.
+"""
 
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import matplotlib
@@ -18,9 +23,6 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from aoiflow.fileio import atomic_write, atomic_write_text  # noqa: E402
 from aoiflow.heatmap import COLORMAP  # noqa: E402
-
-if TYPE_CHECKING:
-    from aoiflow.evaluate import Evaluation
 
 PAGE_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
               "table{border-collapse:collapse;margin:1em 0}"
@@ -104,35 +106,77 @@ def _show_map(ax, amap: np.ndarray, title: str, vmax: float, label: str) -> None
     bar.set_label(label, fontsize=6)
 
 
-def _as_display(t) -> np.ndarray:
-    arr = t.permute(1, 2, 0).numpy()
-    return arr[..., 0] if arr.shape[2] == 1 else np.clip(arr, 0, 1)
+@dataclass(frozen=True)
+class PanelRow:
+    """One example image of a panel row, all arrays at one resolution (H, W)."""
+
+    title: str                      # above the input image
+    image: np.ndarray               # (H, W, C) in [0, 1], C = 1 or 3
+    reconstruction: np.ndarray      # (H, W, C) in [0, 1]
+    maps: tuple[np.ndarray, ...]    # (H, W) each, one per map column, in the columns' order
+    mask: np.ndarray | None = None  # bool (H, W) ground truth; None: there is none
+    a: float | None = None          # anomaly score, shown above the first map when given
 
 
-def panel_plot(ev: "Evaluation", path: Path, per_kind: int = 1, max_rows: int = 8) -> None:
-    """Rows of input | reconstruction | anomaly map (one colour scale for all rows) | mask: the
-    highest-scoring image of each defect type plus the median normal image."""
-    rows: list[int] = []
-    kinds = sorted({s.defect_type for s in ev.samples})
-    for kind in kinds:
-        idx = [i for i, s in enumerate(ev.samples) if s.defect_type == kind]
-        idx.sort(key=lambda i: ev.a[i])
-        rows += [idx[len(idx) // 2]] if kind == "good" else idx[-per_kind:]
-    rows = rows[:max_rows]
-    vmax = float(ev.maps.max()) if ev.maps.numel() else 1.0
-    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.1 * len(rows)), squeeze=False, gridspec_kw=MAP_GAPS)
-    for r, i in enumerate(rows):
-        s = ev.samples[i]
-        grey = dict(cmap="gray", vmin=0, vmax=1)
-        _show(axes[r, 0], _as_display(ev.images[i]), f"{s.defect_type}: {s.path.name}", **grey)
-        _show(axes[r, 1], _as_display(ev.reconstructions[i]), "reconstruction", **grey)
-        _show_map(axes[r, 2], ev.maps[i, 0].numpy(), f"map  A={ev.a[i]:.2f}", vmax, "map value")
-        mask = ev.masks[i]
-        if mask is None:
-            axes[r, 3].axis("off")
-            axes[r, 3].set_title("no mask", fontsize=8)
-        else:
-            _show(axes[r, 3], mask.astype(float), "ground truth", cmap="gray", vmin=0, vmax=1)
+@dataclass(frozen=True)
+class MapColumn:
+    """A map column of a panel: its title, its colour bar's label and the top of its scale."""
+
+    title: str
+    bar_label: str
+    vmax: float | None = None  # None: the largest value of the column's maps
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """Image scores of one test set, for ROC curves and histograms."""
+
+    labels: np.ndarray  # (N,) 0 normal, 1 anomalous
+    scores: np.ndarray  # (N,) anomaly score A
+    threshold: float
+
+
+EVAL_MAP_COLUMNS = (MapColumn("map", "map value"),)
+KIND_MAP_COLUMNS = (MapColumn("L1 map", "|x − x̂|"), MapColumn("SSIM map", "1 − SSIM"))
+GREY = {"cmap": "gray", "vmin": 0, "vmax": 1}
+
+
+def _as_display(img: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> what imshow draws: (H, W) for grey, (H, W, 3) clipped to [0, 1] for colour."""
+    return img[..., 0] if img.shape[2] == 1 else np.clip(img, 0, 1)
+
+
+def _column_top(rows: Sequence[PanelRow], k: int, column: MapColumn) -> float:
+    return column.vmax if column.vmax is not None else max(float(r.maps[k].max()) for r in rows)
+
+
+def _show_mask(ax, mask: np.ndarray | None) -> None:
+    if mask is None:
+        ax.axis("off")
+        ax.set_title("no mask", fontsize=8)
+    else:
+        _show(ax, mask.astype(float), "ground truth", **GREY)
+
+
+def panel_plot(rows: Sequence[PanelRow], path: Path, columns: Sequence[MapColumn] = EVAL_MAP_COLUMNS) -> None:
+    """Rows of input | reconstruction | one map per column | mask. Each map column has one colour
+    scale for all rows (given by its bar), so colours compare across rows."""
+    if not rows:
+        raise ValueError("a panel needs at least one row")
+    uneven = [r.title for r in rows if len(r.maps) != len(columns)]
+    if uneven:
+        raise ValueError(f"each panel row needs {len(columns)} map(s), one per map column; rows {uneven} differ")
+    tops = [_column_top(rows, k, c) for k, c in enumerate(columns)]
+    n_cols = len(columns) + 3
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.4 * n_cols, 2.1 * len(rows)), squeeze=False,
+                             gridspec_kw=MAP_GAPS)
+    for ax_row, row in zip(axes, rows):
+        _show(ax_row[0], _as_display(row.image), row.title, **GREY)
+        _show(ax_row[1], _as_display(row.reconstruction), "reconstruction", **GREY)
+        for k, (column, top) in enumerate(zip(columns, tops)):
+            title = column.title + (f"  A={row.a:.2f}" if k == 0 and row.a is not None else "")
+            _show_map(ax_row[2 + k], row.maps[k], title, top, column.bar_label)
+        _show_mask(ax_row[-1], row.mask)
     _save(fig, path)
 
 
@@ -172,21 +216,22 @@ reconstruction (the run's scoring: L1 or 1 − SSIM, smoothed as the run scores)
     return write_page(Path(eval_dir) / "report.html", title, body)
 
 
-def line_report(out: Path, results: list[dict], baseline: dict[str, float],
+def line_report(out: Path, results: list[dict], baseline: dict[str, float], panels: Sequence[PanelRow],
                 settings: dict[str, object] | None = None, timing: dict | None = None) -> Path:
     """One HTML page comparing presets on one set: settings, table, ROC curves, histograms, panels.
 
-    ``results``: per preset {"preset", "metrics", "train_s", "ms_b1", "evaluation"}, optionally
+    ``results``: per preset {"preset", "metrics", "train_s", "ms_b1", "scores" (a ScoreSet)}, optionally
     "report" (that run's own evaluation report.html, linked relatively) and "reused_from" (the
     preset whose trained networks it took, so its train s is calibration only) and "resumed" (a
     run from an earlier call was resumed, so train s is only what was left). ``settings``:
     label -> value, shown as given. ``timing``: how ms/frame was measured, {"warmup", "calls", "threads"}.
+    ``panels``: the last preset's highest-scoring frame of each defect kind, maps as KIND_MAP_COLUMNS.
     """
     out = Path(out)
     kinds = sorted({k for r in results for k in r["metrics"]["per_defect_type"]})
     _roc_all(results, out / "roc_all.png")
     _hist_all(results, out / "hist_all.png")
-    _kind_panels(results[-1]["evaluation"], kinds, out / "panels.png")
+    panel_plot(panels, out / "panels.png", KIND_MAP_COLUMNS)
     body = f"""<p>Frames generated, preprocessed to surface maps, three GANomaly presets trained and scored
 on the same test frames.
 Each preset's own evaluation report (metrics, localisation, example panels) is linked in the table.</p>
@@ -204,10 +249,9 @@ SSIM is 1 − SSIM(x, x̂) per pixel; each map column has one colour scale for a
 def _roc_all(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.6))
     for r in results:
-        ev = r["evaluation"]
-        labels = np.array([s.label for s in ev.samples])
-        fpr, tpr, _ = roc_curve(labels, ev.a)
-        ax.plot(fpr, tpr, lw=2, label=f"{r['preset']} ({roc_auc_score(labels, ev.a):.3f})")
+        sc: ScoreSet = r["scores"]
+        fpr, tpr, _ = roc_curve(sc.labels, sc.scores)
+        ax.plot(fpr, tpr, lw=2, label=f"{r['preset']} ({roc_auc_score(sc.labels, sc.scores):.3f})")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.legend(loc="lower right", fontsize=8)
@@ -217,48 +261,13 @@ def _roc_all(results: list[dict], path: Path) -> None:
 def _hist_all(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.4), squeeze=False)
     for ax, r in zip(axes[0], results):
-        ev = r["evaluation"]
-        labels = np.array([s.label for s in ev.samples])
-        bins = np.histogram_bin_edges(ev.a, bins=30)
-        ax.hist(ev.a[labels == 0], bins=bins, alpha=0.6, label="normal")
-        ax.hist(ev.a[labels == 1], bins=bins, alpha=0.6, label="anomalous", color="tab:red")
-        ax.axvline(ev.threshold, color="black", ls="--", lw=1)
+        sc: ScoreSet = r["scores"]
+        bins = np.histogram_bin_edges(sc.scores, bins=30)
+        ax.hist(sc.scores[sc.labels == 0], bins=bins, alpha=0.6, label="normal")
+        ax.hist(sc.scores[sc.labels == 1], bins=bins, alpha=0.6, label="anomalous", color="tab:red")
+        ax.axvline(sc.threshold, color="black", ls="--", lw=1)
         ax.set(title=r["preset"], xlabel="A (normalised)")
         ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def _top_of_each_kind(ev: "Evaluation", kinds: list[str]) -> list[int]:
-    rows = []
-    for kind in kinds:
-        idx = [i for i, s in enumerate(ev.samples) if s.defect_type == kind]
-        if idx:
-            rows.append(max(idx, key=lambda i: ev.a[i]))
-    return rows
-
-
-def _kind_panels(ev: "Evaluation", kinds: list[str], path: Path) -> None:
-    """Per defect kind, its highest-scoring frame: input | reconstruction | L1 map | SSIM map | mask.
-    Each map column shares one colour scale, so rows compare."""
-    from aoiflow.scoring import anomaly_map
-
-    rows = _top_of_each_kind(ev, kinds)
-    l1 = [anomaly_map(ev.images[i : i + 1], ev.reconstructions[i : i + 1], "l1")[0, 0].numpy() for i in rows]
-    ss = [anomaly_map(ev.images[i : i + 1], ev.reconstructions[i : i + 1], "ssim")[0, 0].numpy() for i in rows]
-    l1_max, ss_max = max(float(m.max()) for m in l1), max(float(m.max()) for m in ss)
-    grey = dict(cmap="gray", vmin=0, vmax=1)
-    fig, axes = plt.subplots(len(rows), 5, figsize=(12, 2.1 * len(rows)), squeeze=False, gridspec_kw=MAP_GAPS)
-    for row, i in enumerate(rows):
-        _show(axes[row, 0], _as_display(ev.images[i]), ev.samples[i].defect_type, **grey)
-        _show(axes[row, 1], _as_display(ev.reconstructions[i]), "reconstruction", **grey)
-        _show_map(axes[row, 2], l1[row], "L1 map", l1_max, "|x − x̂|")
-        _show_map(axes[row, 3], ss[row], "SSIM map", ss_max, "1 − SSIM")
-        m = ev.masks[i]
-        if m is None:
-            axes[row, 4].axis("off")
-            axes[row, 4].set_title("no mask", fontsize=8)
-        else:
-            _show(axes[row, 4], m.astype(float), "ground truth", **grey)
     _save(fig, path)
 
 

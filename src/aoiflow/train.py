@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
 from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
-from aoiflow.calibrate import fit_calibration
-from aoiflow.scoring import fit_map_stats, score_images
+from aoiflow.augment import augment_batch
+from aoiflow.recalibrate import finish_model
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
 
@@ -168,6 +169,20 @@ def _with_data_preprocessing(config: Config, data_root: Path) -> Config:
     return config.model_copy(update={"preprocess": load_config(spec).preprocess})
 
 
+def _with_step_budget(config: Config, n_train: int, progress: bool) -> Config:
+    """More epochs where ``train.min_steps`` asks for more optimiser steps than the epochs give;
+    the run records the epochs it trains, so resuming it gives the same schedule."""
+    t = config.train
+    per_epoch = math.ceil(n_train / t.batch_size)
+    epochs = max(t.epochs, math.ceil(t.min_steps / per_epoch))
+    if epochs == t.epochs:
+        return config
+    if progress:
+        tqdm.write(f"{n_train} training images at batch {t.batch_size} make {per_epoch} steps an epoch: training "
+                   f"{epochs} epochs instead of {t.epochs} to reach train.min_steps = {t.min_steps}")
+    return config.model_copy(update={"train": t.model_copy(update={"epochs": epochs})})
+
+
 def _same_shape(a: Config, b: Config) -> bool:
     keep = ("image_size", "latent_size", "base_width")
     return all(getattr(a.model, k) == getattr(b.model, k) for k in keep)
@@ -225,8 +240,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     """
     run_dir = Path(run_dir)
     config = _with_data_preprocessing(config, Path(data_root))
-    t = config.train
-    seed_everything(t.seed, t.threads)
+    seed_everything(config.train.seed, config.train.threads)
     previous = _resume_from(run_dir, config, resume)
 
     all_paths = data.train_images(data_root)
@@ -237,11 +251,13 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         val_paths = [root / p for p in split["val"]]
         channels = int(previous["channels"])
     else:
-        train_paths, val_paths = split_holdout(all_paths, t.val_fraction, t.seed)
+        train_paths, val_paths = split_holdout(all_paths, config.train.val_fraction, config.train.seed)
         channels = config.model.channels or data.detect_channels(all_paths)
         split = {"root": str(Path(data_root).resolve()),
                  "train": [str(p.relative_to(data_root)) for p in train_paths],
                  "val": [str(p.relative_to(data_root)) for p in val_paths]}
+    config = _with_step_budget(config, len(train_paths), progress)
+    t = config.train
     size = config.model.image_size
     train_set = loader(train_paths, channels, size, progress)
     val_set = loader(val_paths, channels, size, progress)
@@ -276,26 +292,6 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     return run_dir / CHECKPOINT
 
 
-MAP_STATS_IMAGES = 256  # training normals that set the per-position map statistics
-
-
-def finish_model(model: TrainedModel, train_images: torch.Tensor, val_images: torch.Tensor) -> TrainedModel:
-    """The trained generator made ready to judge: per-position map statistics from training normals
-    (when the scoring asks for them), then the calibration from the held-out normals. Fitting the
-    map statistics on other normals than the calibration keeps the threshold's rate guarantee."""
-    sc = model.config.scoring
-    model.generator.eval()
-    if sc.map_normalise == "position":
-        sample = train_images[:: max(1, len(train_images) // MAP_STATS_IMAGES)]
-        plain = sc.model_copy(update={"map_normalise": "none"})
-        model.map_stats = fit_map_stats(score_images(model.generator, sample, plain, keep_maps=True).maps)
-    else:
-        model.map_stats = None
-    val = model.score(val_images, keep_maps=True)
-    model.calibration = fit_calibration(val.r, val.l, sc.lam, sc.false_alarm_rate, val.maps, source="held-out normals")
-    return model
-
-
 def _interrupted_message(data_root: str | Path, run_dir: Path, done: int, epochs: int) -> str:
     if done == 0:
         return f"interrupted before the first epoch finished; nothing was saved in {run_dir}"
@@ -318,12 +314,14 @@ def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: tor
         t0 = time.perf_counter()
         lr = _set_lr(state, t.lr, epoch)
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        shuffle = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=shuffle)
         sums: dict[str, float] = {}
         bar = tqdm(range(0, n, t.batch_size), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for i in bar:
-            losses = train_step(state, x_all[order[i : i + t.batch_size]], config)
+            batch = augment_batch(x_all[order[i : i + t.batch_size]], t.augment, shuffle)
+            losses = train_step(state, batch, config)
             clock.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
