@@ -33,7 +33,7 @@ def test_fp32_graph_matches_pytorch(tile_run, tmp_path):
     assert exported.channels == 1 and exported.calibration == model.calibration and exported.config == model.config
     x = torch.rand(5, 1, 32, 32)
     r, l, a, amap = exported.score(x.numpy())
-    tr, tl, tmap, _ = score_batch(model.generator, x, model.config.scoring)
+    tr, tl, tmap, _ = score_batch(model.generator, x, model.config.scoring, model.map_stats)
     ta = combined_score(tr.numpy(), tl.numpy(), model.calibration, model.config.scoring.lam)
     np.testing.assert_allclose(r, tr.numpy(), atol=1e-5)
     np.testing.assert_allclose(l, tl.numpy(), rtol=1e-4, atol=1e-6)
@@ -41,7 +41,7 @@ def test_fp32_graph_matches_pytorch(tile_run, tmp_path):
     np.testing.assert_allclose(amap, tmap.numpy(), atol=1e-4)
     assert amap.shape == (5, 1, 32, 32)
     with torch.inference_mode():
-        ga = ScoringGraph(model.generator, model.config.scoring, model.calibration)(x)[2].numpy()
+        ga = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats)(x)[2].numpy()
     np.testing.assert_allclose(ga, ta, rtol=1e-4, atol=1e-4)
 
 

@@ -5,7 +5,6 @@ from sklearn.metrics import roc_auc_score
 
 from aoiflow.config import build_config
 from aoiflow.runs import RunError, TrainedModel, load_checkpoint
-from aoiflow.scoring import score_images
 from aoiflow.synth import add_defect, make_surface_dataset, normal_surface
 from aoiflow import train as train_module
 from aoiflow.train import TrainingInterrupted, fit, split_holdout
@@ -43,8 +42,8 @@ def test_same_seed_gives_the_same_scores(surfaces, tmp_path, tiny_config):
     fit(surfaces, tmp_path / "b", tiny_config, progress=False)
     a, b = TrainedModel.load(tmp_path / "a"), TrainedModel.load(tmp_path / "b")
     x = torch.rand(3, 1, 32, 32)
-    ra = score_images(a.generator, x, a.config.scoring)
-    rb = score_images(b.generator, x, b.config.scoring)
+    ra = a.score(x)
+    rb = b.score(x)
     np.testing.assert_array_equal(ra.r, rb.r)
     np.testing.assert_array_equal(ra.l, rb.l)
 
@@ -100,7 +99,7 @@ def test_short_training_separates_an_obvious_defect(tmp_path, preset):
     normal = [normal_surface(rng, 32) for _ in range(16)]
     defect = [add_defect(normal_surface(rng, 32), "stain", rng, strength=3.0)[0] for _ in range(16)]
     x = torch.tensor(np.stack(normal + defect), dtype=torch.float32)[:, None]
-    raw = score_images(model.generator, x, cfg.scoring)
+    raw = model.score(x)
     labels = [0] * 16 + [1] * 16
     assert roc_auc_score(labels, raw.r) > 0.9
 

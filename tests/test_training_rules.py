@@ -72,3 +72,22 @@ def test_discriminator_restarts_when_it_wins_outright(monkeypatch, tiny_config, 
         assert all(torch.equal(p, after[k]) for k, p in reference.named_parameters())
     else:
         assert all(torch.equal(p, torch.full_like(p, 0.3)) for p in after.values())
+
+
+def test_bf16_autocast_step_matches_fp32_closely():
+    """The same first step from the same weights: bfloat16 convolutions change the losses by a
+    little (8-bit mantissa), not by a different training; weights stay fp32."""
+    from aoiflow.config import build_config
+    from aoiflow.train import _build_state, train_step
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = build_config("ganomaly-ssim-ssim", overrides={
+            "model": {"image_size": 32, "base_width": 8, "latent_size": 16},
+            "train": {"batch_size": 4, "seed": 3, "precision": precision}, "loss": {"ssim_window": 7}})
+        state = _build_state(cfg, 1)
+        x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        losses[precision] = train_step(state, x, cfg)
+        assert all(p.dtype == torch.float32 for p in state.generator.parameters())
+    for key in ("loss_con", "loss_d", "loss_g"):
+        assert losses["bf16"][key] == pytest.approx(losses["fp32"][key], rel=0.05), key

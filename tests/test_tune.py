@@ -20,7 +20,7 @@ from aoiflow.cli import app
 from aoiflow.config import build_config, load_config
 from aoiflow.evaluate import recalibrate
 from aoiflow.runs import TrainedModel
-from aoiflow.scoring import combined_score, score_images
+from aoiflow.scoring import combined_score
 from aoiflow.tune import (
     ImageCache, SearchSpace, TrialResult, TuneError, TuneSettings, base_params, search_scoring, split_trials,
     stage_anchors, stage_distributions, trial_config, tune, validation_set,
@@ -140,8 +140,10 @@ def test_validation_folder_is_read_and_checked(tile_subset, tmp_path):
         validation_set(tile_subset, TuneSettings(val_dir=str(vdir)))
 
 
-def test_cached_scoring_search_matches_the_real_scoring_path(tile_subset, tmp_path, tiny_config):
+@pytest.mark.parametrize("normalise", ["none", "position"])
+def test_cached_scoring_search_matches_the_real_scoring_path(tile_subset, tmp_path, tiny_config, normalise):
     cfg = tiny_config
+    cfg.scoring.map_normalise = normalise
     run = tmp_path / "run"
     aoiflow.train.fit(tile_subset, run, cfg, progress=False)
     model = TrainedModel.load(run)
@@ -149,7 +151,8 @@ def test_cached_scoring_search_matches_the_real_scoring_path(tile_subset, tmp_pa
     anomaly_paths = data.list_images(tile_subset / "test" / "crack") + data.list_images(tile_subset / "test" / "blowhole")
     anomalies = data.load_images(anomaly_paths, 1, 32).images
     space = SearchSpace(lams=(0.0, 0.3, 0.8, 1.0), score_windows=(7, 9, 11))
-    choice = search_scoring(model, normals, anomalies, space, cfg)
+    train = data.load_images([tile_subset / p for p in model.split["train"]], 1, 32).images
+    choice = search_scoring(model, normals, anomalies, space, cfg, train)
     assert choice.lam in space.lams and choice.score_window in space.score_windows
 
     labels = np.r_[np.zeros(len(normals)), np.ones(len(anomalies))]
@@ -158,7 +161,7 @@ def test_cached_scoring_search_matches_the_real_scoring_path(tile_subset, tmp_pa
         # the production path: recalibrate on the run's held-out normals, then score every image
         settings = cfg.scoring.model_copy(update={"lam": lam, "ssim_window": window})
         m = recalibrate(model, tile_subset, settings)
-        raw = score_images(m.generator, torch.cat([normals, anomalies]), settings)
+        raw = m.score(torch.cat([normals, anomalies]))
         return roc_auc_score(labels, combined_score(raw.r, raw.l, m.calibration, lam))
 
     assert choice.objective == pytest.approx(real_auroc(choice.lam, choice.score_window), abs=1e-9)

@@ -62,6 +62,9 @@ class TrainConfig(_Section):
     # Transforms that keep this product's normal parts normal (aoiflow.augment): hflip, vflip,
     # rot90, shift. None by default: a part with an orientation mark must not be flipped.
     augment: list[Literal["hflip", "vflip", "rot90", "shift"]] = []
+    # 'bf16': convolutions in bfloat16 autocast (fast on CPUs with AMX / AVX-512 BF16; see
+    # benchmarks/train_speed.py); weights, losses and scoring stay fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class ScoreConfig(_Section):
@@ -79,7 +82,7 @@ class ScoreConfig(_Section):
     topk_fraction: float = Field(0.01, gt=0, le=1)
     # 'position': each map pixel in units of the spread that training normals' maps show at that
     # position (scoring.MapStats), so places where normal parts vary stop looking like defects.
-    map_normalise: Literal["none", "position"] = "none"
+    map_normalise: Literal["none", "position"] = "position"
     # The share of normal parts the line may flag: the image threshold is set so that new normal
     # images exceed it at most this often (aoiflow.calibrate; 99 normals are needed for 1 %).
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)

@@ -30,6 +30,11 @@ HISTORY_FILE = "calibration.json"
 MAP_STATS_IMAGES = 256  # training normals that set the per-position map statistics
 
 
+def map_stats_sample(train_images: torch.Tensor) -> torch.Tensor:
+    """The training normals (evenly spread, at most about MAP_STATS_IMAGES) that set the map statistics."""
+    return train_images[:: max(1, len(train_images) // MAP_STATS_IMAGES)]
+
+
 def finish_model(model: TrainedModel, train_images: torch.Tensor, val_images: torch.Tensor) -> TrainedModel:
     """The trained generator made ready to judge: per-position map statistics from training normals
     (when the scoring asks for them), then the calibration from the held-out normals. Fitting the
@@ -37,9 +42,9 @@ def finish_model(model: TrainedModel, train_images: torch.Tensor, val_images: to
     sc = model.config.scoring
     model.generator.eval()
     if sc.map_normalise == "position":
-        sample = train_images[:: max(1, len(train_images) // MAP_STATS_IMAGES)]
         plain = sc.model_copy(update={"map_normalise": "none"})
-        model.map_stats = fit_map_stats(score_images(model.generator, sample, plain, keep_maps=True).maps)
+        model.map_stats = fit_map_stats(score_images(model.generator, map_stats_sample(train_images), plain,
+                                                     keep_maps=True).maps)
     else:
         model.map_stats = None
     val = model.score(val_images, keep_maps=True)

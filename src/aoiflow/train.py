@@ -98,25 +98,33 @@ def _build_state(config: Config, channels: int) -> TrainState:
     return TrainState(g, d, opt_g, opt_d, _lr_pieces(config))
 
 
+def _autocast(config: Config):
+    """bfloat16 matrix work on CPUs that have it (train.precision: bf16); weights stay fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
+
+
 def train_step(state: TrainState, x: torch.Tensor, config: Config) -> dict[str, float]:
     """One generator update then one discriminator update on a batch (B, C, S, S) in [-1, 1]."""
     lc = config.loss
     g, d = state.generator, state.discriminator
-    out = g(x)
-    with torch.no_grad():
-        _, feat_real = d.logits(x)
-    _, feat_fake = d.logits(out.reconstruction)
-    l_adv = adversarial_loss(feat_real, feat_fake)
-    l_con = contextual_loss(x, out.reconstruction, lc.contextual, lc.ssim_window)
-    l_enc = encoder_loss(out.latent, out.latent_hat)
+    with _autocast(config):
+        out = g(x)
+        with torch.no_grad():
+            _, feat_real = d.logits(x)
+        _, feat_fake = d.logits(out.reconstruction)
+    # Losses in fp32: SSIM's variance terms lose too much in bfloat16.
+    l_adv = adversarial_loss(feat_real.float(), feat_fake.float())
+    l_con = contextual_loss(x, out.reconstruction.float(), lc.contextual, lc.ssim_window)
+    l_enc = encoder_loss(out.latent.float(), out.latent_hat.float())
     loss_g = lc.w_adv * l_adv + lc.w_con * l_con + lc.w_enc * l_enc
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_g.step()
 
-    logit_real, _ = d.logits(x)
-    logit_fake, _ = d.logits(out.reconstruction.detach())
-    loss_d = discriminator_loss(logit_real, logit_fake)
+    with _autocast(config):
+        logit_real, _ = d.logits(x)
+        logit_fake, _ = d.logits(out.reconstruction.detach())
+    loss_d = discriminator_loss(logit_real.float(), logit_fake.float())
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     state.opt_d.step()

@@ -76,11 +76,6 @@ def _open_search(data_root: Path, folder: SearchFolder, base: Config, space: Sea
     the same settings); then fix the validation set and write down what the test leaves out."""
     space.check()
     settings.check()
-    if base.scoring.map_normalise != "none":
-        # The scoring search reuses cached reconstructions with other SSIM windows; per-position
-        # statistics would have to be fitted again for each window from the training images.
-        raise TuneError("the parameter search scores with scoring.map_normalise: none; search with it, then set "
-                        "'position' in best.yaml and compare on validation data")
     data.train_images(data_root)  # fail early, naming the folder, when DATA is wrong
     folder.claim(settings_record(data_root, base, space, settings), resume)
     validation = validation_set(data_root, settings)

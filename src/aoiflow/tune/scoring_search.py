@@ -14,7 +14,8 @@ from aoiflow import data
 from aoiflow.calibrate import combined_score, fit_calibration
 from aoiflow.config import Config, ScoreConfig
 from aoiflow.runs import TrainedModel
-from aoiflow.scoring import anomaly_map, pool_map, score_images
+from aoiflow.recalibrate import map_stats_sample
+from aoiflow.scoring import MapStats, anomaly_map, fit_map_stats, pool_map, score_images
 from aoiflow.tune.settings import SearchSpace
 
 
@@ -56,19 +57,22 @@ class ScoringChoice:
 
 
 def search_scoring(model: TrainedModel, normals: torch.Tensor, anomalies: torch.Tensor, space: SearchSpace,
-                   base: Config) -> ScoringChoice:
+                   base: Config, train_images: torch.Tensor | None = None) -> ScoringChoice:
     """Try every (lambda, score window) on one model's cached outputs; the normals give the
     z-score statistics. Ties go to the setting nearest the base config's."""
     sc = base.scoring
-    cached_n = score_images(model.generator, normals, sc, keep_reconstructions=True)
-    cached_a = score_images(model.generator, anomalies, sc, keep_reconstructions=True)
+    plain = sc.model_copy(update={"map_normalise": "none"})  # only reconstructions and L are cached
+    cached_n = score_images(model.generator, normals, plain, keep_reconstructions=True)
+    cached_a = score_images(model.generator, anomalies, plain, keep_reconstructions=True)
     (rec_n, l_n), (rec_a, l_a) = (cached_n.reconstructions, cached_n.l), (cached_a.reconstructions, cached_a.l)
     labels = np.r_[np.zeros(len(normals)), np.ones(len(anomalies))]
     windows = space.score_windows if sc.score == "ssim" else (sc.ssim_window,)
     grid: list[tuple[float, int, float]] = []
     base_auroc = float("nan")
+    stats_at = _map_stats_per_window(model, train_images, sc)
     for window in sorted({*windows, sc.ssim_window}):
-        r_n, r_a = _pooled_r(normals, rec_n, sc, window), _pooled_r(anomalies, rec_a, sc, window)
+        stats = stats_at(window)
+        r_n, r_a = _pooled_r(normals, rec_n, sc, window, stats), _pooled_r(anomalies, rec_a, sc, window, stats)
         cal = fit_calibration(r_n, l_n, 0.5, sc.false_alarm_rate)
         r_all, l_all = np.r_[r_n, r_a], np.r_[l_n, l_a]
         for lam in sorted({*space.lams, sc.lam}):
@@ -82,7 +86,23 @@ def search_scoring(model: TrainedModel, normals: torch.Tensor, anomalies: torch.
     return ScoringChoice(best, lam, window if sc.score == "ssim" else None, base_auroc)
 
 
-def _pooled_r(images: torch.Tensor, reconstructions: torch.Tensor, sc: ScoreConfig, window: int) -> np.ndarray:
+def _map_stats_per_window(model: TrainedModel, train_images: torch.Tensor | None, sc: ScoreConfig):
+    """window -> per-position map statistics (or None without map normalisation), fitted as
+    ``recalibrate.finish_model`` fits them, from the training normals reconstructed once."""
+    if sc.map_normalise != "position":
+        return lambda window: None
+    if train_images is None:
+        raise ValueError("scoring with map_normalise: position needs the training images for its statistics")
+    sample = map_stats_sample(train_images)
+    plain = sc.model_copy(update={"map_normalise": "none"})
+    rec = score_images(model.generator, sample, plain, keep_reconstructions=True).reconstructions
+    return lambda window: fit_map_stats(anomaly_map(sample, rec, sc.score, window, sc.map_sigma))
+
+
+def _pooled_r(images: torch.Tensor, reconstructions: torch.Tensor, sc: ScoreConfig, window: int,
+              stats: MapStats | None = None) -> np.ndarray:
     """Per-image reconstruction score at SSIM ``window``, pooled as ``sc`` says."""
     amap = anomaly_map(images, reconstructions, sc.score, window, sc.map_sigma)
+    if stats is not None:
+        amap = stats.apply(amap)
     return pool_map(amap, sc.pooling, sc.topk_fraction).numpy()

@@ -53,6 +53,7 @@ class TrialRunner:
         normal_paths = [self.data_root / p for p in model.split["val"]] + self.validation.extra_normals
         normals = self.cache(normal_paths, ch, size).images
         anomalies = self.cache(self.validation.anomalies, ch, size).images
-        choice = search_scoring(model, normals, anomalies, self.space, self.base)
+        train = self.cache([self.data_root / p for p in model.split["train"]], ch, size).images
+        choice = search_scoring(model, normals, anomalies, self.space, self.base, train)
         result.objective, result.best_lam = choice.objective, choice.lam
         result.best_score_window, result.val_auroc_base_scoring = choice.score_window, choice.base_auroc
