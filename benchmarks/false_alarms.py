@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from aoiflow import data
-from aoiflow.calibrate import combined_score, conformal_threshold, fit_calibration, normals_needed
+from aoiflow.calibrate import (
+    combined_score,
+    conformal_threshold,
+    fit_calibration,
+    normals_needed,
+)
 from aoiflow.config import build_config
 from aoiflow.runs import TrainedModel
 from aoiflow.train import fit

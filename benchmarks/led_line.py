@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--variability", type=parse_variability, default=0.0,
                     help="normal part-to-part variation: none, mild, strong or 0-1")
     ap.add_argument("--presets", nargs="+", default=list(PRESET_NAMES))
-    ap.add_argument("--map-normalise", choices=("none", "position"), default="none")
+    ap.add_argument("--map-normalise", choices=("none", "position"), default=None,
+                    help="override the scoring's map normalisation (default: the config's, position)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     cv_ms = preprocessing_ms()
@@ -61,7 +62,7 @@ def main() -> None:
     kinds = sorted(summary["baseline"].keys() - {"all"})
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"\nbudget: {args.epochs} epochs, batch 16, lr 4e-4, base width {args.base_width}, scale {args.scale}, "
-          f"variability {args.variability:g}, map normalisation {args.map_normalise}, 2 threads")
+          f"variability {args.variability:g}, map normalisation {args.map_normalise or 'the default'}, 2 threads")
     print("| preset | image AUROC | " + " | ".join(kinds) + " | pixel AUROC | ms/frame b1 | train s |")
     print("|---|---|" + "---|" * len(kinds) + "---|---|---|")
     for r in summary["results"]:

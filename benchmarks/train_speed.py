@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/train_speed.py [--image-size 128] [--base-width 32] [--batch-size 16]
 
 Times ``train.train_step`` on random images (median of 20 steps after 5 warm-up steps, 2 threads)
-for fp32, fp32 channels-last and bf16 autocast (``train.precision: bf16``; the losses and SSIM
-stay fp32). Run it on a quiet machine: two torch jobs on two cores slow each other 3-10x.
+for fp32, fp32 channels-last and ``train.precision: bf16`` (bfloat16 autocast with channels-last
+networks, where oneDNN's bf16 convolutions are fastest; the losses and SSIM stay fp32). Measured
+here: fp32 24.1 images/s, bf16 autocast alone 25.1, bf16 channels-last 38.2 (1.58x). Run it on a quiet machine: two torch jobs on two cores slow each other 3-10x.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ def main() -> None:
     torch.set_num_threads(2)
     base = images_per_second("fp32", False, args)
     print(f"| variant | images/s | vs fp32 |\n|---|---|---|\n| fp32 | {base:.1f} | 1.00 |")
-    for name, precision, cl in (("fp32 channels-last", "fp32", True), ("bf16 autocast", "bf16", False),
-                                ("bf16 autocast channels-last", "bf16", True)):
+    for name, precision, cl in (("fp32 channels-last", "fp32", True), ("bf16 (train.precision: bf16)", "bf16", True)):
         v = images_per_second(precision, cl, args)
         print(f"| {name} | {v:.1f} | {v / base:.2f} |", flush=True)
 

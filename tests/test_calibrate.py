@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from aoiflow.calibrate import (Calibration, conformal_rank, conformal_threshold, decide, fit_calibration,
-                               normals_needed, rate_bounds)
+from aoiflow.calibrate import (
+    Calibration,
+    conformal_rank,
+    conformal_threshold,
+    decide,
+    fit_calibration,
+    normals_needed,
+    rate_bounds,
+)
 from aoiflow.cli import app
 from aoiflow.config import Config
 from aoiflow.predict import Inspector, predict_to_folder

@@ -92,6 +92,7 @@ PresetOpt = typer.Option(None, "--preset", help=f"one of: {', '.join(PRESET_NAME
 ConfigOpt = typer.Option(None, "--config", exists=False,
                          help="YAML settings, partial is fine (its values replace the preset's; flags replace both)")
 QuietOpt = typer.Option(False, "--quiet", help="no progress bars")
+RawOpt = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first")
 
 
 def _at_least(low: int):
@@ -277,7 +278,7 @@ def calibrate(
     false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
                                                      help="share of normal parts the line may flag, e.g. 0.01 "
                                                           "(default: the run's); 1/rate - 1 normals are needed"),
-    raw: bool = typer.Option(False, "--raw", help="the normals are raw frames: apply the run's preprocessing first"),
+    raw: bool = RawOpt,
     threads: Optional[int] = ThreadsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     quiet: bool = QuietOpt,
@@ -311,7 +312,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv and maps/"),
     threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
     no_maps: bool = typer.Option(False, "--no-maps", help="skip writing anomaly-map PNGs"),
-    raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
+    raw: bool = RawOpt,
     precision: str = typer.Option("f32", help="OpenVINO models: f32 (exact) or bf16 (faster where the CPU has it)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),
     threads: Optional[int] = ThreadsOpt,
@@ -351,7 +352,7 @@ def prelabel(
     closing: int = typer.Option(0, help="morphological closing radius in image pixels (0 = off)"),
     label: str = typer.Option("defect", help="class name given to every region"),
     label_from_folder: bool = typer.Option(False, "--label-from-folder", help="class = the image's folder name"),
-    raw: bool = typer.Option(False, "--raw", help="inputs are raw frames: apply the run's preprocessing first"),
+    raw: bool = RawOpt,
     yolo_segments: bool = typer.Option(False, "--yolo-segments", help="YOLO files with polygons instead of boxes"),
     no_review: bool = typer.Option(False, "--no-review", help="skip the review sheet PNGs"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),

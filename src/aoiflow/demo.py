@@ -79,9 +79,9 @@ def mean_image_baseline(root: Path, size: int = 128) -> dict[str, float]:
 
 def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: int = 32, seed: int = 0,
                  progress: bool = True, log=print, variability: float = 0.0,
-                 presets: tuple[str, ...] = PRESET_NAMES, map_normalise: str = "none") -> Path:
+                 presets: tuple[str, ...] = PRESET_NAMES, map_normalise: str | None = None) -> Path:
     """Run the line end to end under ``out``; returns the report path. ``variability`` makes
-    normal parts differ from each other (aoiflow.ledsynth); ``map_normalise`` is the scoring's."""
+    normal parts differ from each other (aoiflow.ledsynth); ``map_normalise`` overrides the scoring's."""
     out = Path(out)
     raw, surfaces = _prepare_frames(out, scale, seed, progress, log, variability)
     configs = {p: _preset_config(p, epochs, base_width, seed, map_normalise) for p in presets}
@@ -94,7 +94,7 @@ def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: in
     baseline = mean_image_baseline(surfaces)
     log(f"baseline (mean abs. difference to the mean normal surface): AUROC {baseline['all']:.3f}")
     settings = {**_settings(configs, scale, seed, raw, surfaces), "normal variability": f"{variability:g}",
-                "map normalisation": map_normalise}
+                "map normalisation": next(iter(configs.values())).scoring.map_normalise}
     threads = sorted({c.train.threads for c in configs.values()})
     timing = {"warmup": WARMUP_CALLS, "calls": TIMED_CALLS, "threads": ", ".join(map(str, threads))}
     summary = [{k: v for k, v in r.items() if k not in ("evaluation", "scores")} for r in results]
@@ -177,7 +177,7 @@ def _prepare_frames(out: Path, scale: float, seed: int, progress: bool, log,
     return raw, surfaces
 
 
-def _preset_config(preset: str, epochs: int, base_width: int, seed: int, map_normalise: str = "none") -> Config:
+def _preset_config(preset: str, epochs: int, base_width: int, seed: int, map_normalise: str | None = None) -> Config:
     return build_config(preset, overrides={
         "model": {"base_width": base_width}, "scoring": {"map_normalise": map_normalise},
         "train": {"epochs": epochs, "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "seed": seed}})

@@ -18,11 +18,19 @@ import torch
 
 from aoiflow import data
 from aoiflow.calibrate import Calibration, CalibrationError, fit_calibration
-from aoiflow.scoring import fit_map_stats, score_images
+from aoiflow.config import save_config
 from aoiflow.fileio import atomic_write_text
 from aoiflow.preprocess import SkippedFrame, preprocess_frame
-from aoiflow.config import save_config
-from aoiflow.runs import CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
+from aoiflow.runs import (
+    CHECKPOINT,
+    CONFIG,
+    RunError,
+    TrainedModel,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
+from aoiflow.scoring import fit_map_stats, score_images
 
 HISTORY_FILE = "calibration.json"
 
