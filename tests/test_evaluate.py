@@ -35,6 +35,10 @@ def test_evaluation_on_real_images_writes_everything(tile_run, tile_subset):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["counts"] == {"normal": 4, "anomalous": 6, "skipped": 1}
     assert saved["skipped"][0]["path"].endswith("zz_truncated.jpg")
+    # the rate the threshold promises travels with the figures measured at it
+    cal = TrainedModel.load(tile_run).calibration
+    assert saved["calibration"]["threshold"] == saved["threshold"] == cal.threshold
+    assert saved["calibration"]["expected_rate"] == pytest.approx(cal.expected_rate)
     labels = np.array([x.label for x in ev.per_image])
     assert saved["image_auroc"] == pytest.approx(_rank_auroc(labels, ev.a), abs=1e-9)
     # The evaluation keeps no maps: score the set again (same model, batches and threads: same maps).

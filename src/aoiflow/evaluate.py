@@ -385,7 +385,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out_dir: str | Path
     ev = scored.evaluation
     metrics = compute_metrics(scored)
     metrics.update(run=str(run_dir), data=str(data_root), preset=model.config.preset, epoch=model.epoch,
-                   excluded=ev.excluded)
+                   excluded=ev.excluded, calibration=model.calibration.to_dict())
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "scores.csv", SCORE_FIELDS, _score_rows(ev))
