@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from aoiflow import data
 from aoiflow.calibrate import combined_score
 from aoiflow.runs import TrainedModel
-from aoiflow.train import finish_model
+from aoiflow.evaluate import recalibrate
 from aoiflow.tune import TuneSettings, validation_set
 
 
@@ -33,14 +33,8 @@ def scored(model: TrainedModel, paths: list[Path]) -> np.ndarray:
 
 
 def variant(model: TrainedModel, mode: str) -> TrainedModel:
-    root = Path(model.data_root)
-    config = model.config.model_copy(deep=True)
-    config.scoring.map_normalise = mode
-    size, ch = config.model.image_size, model.channels
-    train = data.load_images([root / p for p in model.split["train"]], ch, size).images
-    val = data.load_images([root / p for p in model.split["val"]], ch, size).images
-    return finish_model(TrainedModel(model.generator, config, ch, None, model.epoch, model.split, model.data_root),
-                        train, val)
+    """The same networks scored with ``map_normalise: mode``, statistics and calibration refitted."""
+    return recalibrate(model, model.data_root, model.config.scoring.model_copy(update={"map_normalise": mode}))
 
 
 def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:

@@ -71,10 +71,6 @@ def set_max_pixels(limit: int) -> None:
     _max_pixels = int(limit)
 
 
-def max_pixels() -> int:
-    return _max_pixels
-
-
 def _open(path: Path) -> Image.Image:
     """Open (header only) and check the pixel count against the limit before decoding."""
     with warnings.catch_warnings():

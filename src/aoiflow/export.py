@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ def _require_onnx():
 def _metadata(model: TrainedModel, int8: bool) -> str:
     return json.dumps({
         "format": 1, "config": model.config.model_dump(), "channels": model.channels,
-        "calibration": asdict(model.calibration), "epoch": model.epoch, "int8": int8,
+        "calibration": model.calibration.to_dict(), "epoch": model.epoch, "int8": int8,
     })
 
 

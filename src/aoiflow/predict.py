@@ -19,7 +19,7 @@ import torch
 
 from aoiflow import data
 from aoiflow.fileio import CsvAppender, atomic_write, output_stems
-from aoiflow.preprocess import SkippedFrame, preprocess_frame
+from aoiflow.preprocess import SkippedFrame, frame_model_input
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.calibrate import combined_score, verdict
 from aoiflow.scoring import score_batch
@@ -133,9 +133,7 @@ class Inspector:
         The model input is made exactly as in training and calibration (``data.load_tensor``)."""
         size = self.config.model.image_size
         if raw:
-            frame = data.read_image(path)
-            surface = preprocess_frame(frame, self.config.preprocess)
-            x = data.to_model_input(surface.image[..., None], self.channels, size)
+            x, frame, surface = frame_model_input(path, self.config.preprocess, self.channels, size)
             return x, data.to_channels(frame, self.channels), surface
         arr, full_hw = data.read_image_at(path, size)  # reduced on decoding when very large, as in training
         x = data.to_model_input(arr, self.channels, size)

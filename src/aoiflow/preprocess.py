@@ -173,6 +173,15 @@ def preprocess_frame(frame: np.ndarray, cfg: PreprocessConfig) -> SurfaceMap:
     return SurfaceMap(out, inside, corners, angle, g_in, g_out, matrix)
 
 
+def frame_model_input(path: Path, cfg: PreprocessConfig, channels: int, size: int):
+    """A raw frame file -> (model input (C, size, size), the frame (H, W, C), its SurfaceMap):
+    what ``predict --raw`` and ``calibrate --raw`` feed the model. Raises ImageReadError or
+    SkippedFrame."""
+    frame = data.read_image(path)
+    surface = preprocess_frame(frame, cfg)
+    return data.to_model_input(surface.image[..., None], channels, size), frame, surface
+
+
 def _outline_row(rel: str, sm: SurfaceMap | None, status: str, reason: str = "") -> list[str]:
     if sm is None:
         return [rel, status, reason] + [""] * 11

@@ -20,7 +20,7 @@ from aoiflow import data
 from aoiflow.calibrate import Calibration, CalibrationError, fit_calibration
 from aoiflow.config import save_config
 from aoiflow.fileio import atomic_write_text
-from aoiflow.preprocess import SkippedFrame, preprocess_frame
+from aoiflow.preprocess import SkippedFrame, frame_model_input
 from aoiflow.runs import (
     CHECKPOINT,
     CONFIG,
@@ -79,14 +79,11 @@ def _inputs(model: TrainedModel, paths: list[Path], raw: bool,
     tensors, skipped = [], []
     for path in paths:
         try:
-            surface = preprocess_frame(data.read_image(path), model.config.preprocess)
+            tensors.append(frame_model_input(path, model.config.preprocess, model.channels, size)[0])
         except data.ImageReadError as exc:
             skipped.append((path, exc.problem))
-            continue
         except SkippedFrame as exc:
             skipped.append((path, exc.reason))
-            continue
-        tensors.append(data.to_model_input(surface.image[..., None], model.channels, size))
     images = torch.stack(tensors) if tensors else torch.empty(0, model.channels, size, size)
     return images, skipped
 

@@ -298,7 +298,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         tqdm.write(f"calibration: {model.calibration.summary()}")
     save_checkpoint(run_dir / CHECKPOINT, {**_checkpoint_state(state, config, channels, done, history, split),
                                            "calibration": model.calibration.to_dict(),
-                                           "map_stats": model.to_state()["map_stats"]})
+                                           "map_stats": model.map_stats.to_dict() if model.map_stats else None})
     save_model(run_dir, model.to_state())
     return run_dir / CHECKPOINT
 
