@@ -78,3 +78,68 @@ def module_tiny_config():
     """``tiny_config`` shared by a module's module-scoped fixtures; tests that change settings
     take their own ``tiny_config``."""
     return make_tiny_config()
+
+
+# --- the store's databases: a SQLite file, and the real PostgreSQL at $AOIFLOW_TEST_PG_URL ------
+
+def _service_missing(reason: str) -> None:
+    """Skip, or fail where CI promised the services (AOIFLOW_REQUIRE_SERVICES=1)."""
+    import os
+
+    if os.environ.get("AOIFLOW_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}, and AOIFLOW_REQUIRE_SERVICES=1 says it must be there")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """$AOIFLOW_TEST_PG_URL once the server answers (skips, or fails in CI, when it does not)."""
+    import os
+
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    url = os.environ.get("AOIFLOW_TEST_PG_URL")
+    if not url:
+        _service_missing("AOIFLOW_TEST_PG_URL is not set (a PostgreSQL URL for the store tests)")
+    engine = sa.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as e:
+        _service_missing(f"PostgreSQL at {sa.make_url(url).render_as_string(hide_password=True)} "
+                         f"is unreachable: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}")
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str):
+    """A URL into a fresh, empty PostgreSQL schema of its own (search_path and application_name
+    set to it), dropped afterwards: tests and parallel runs never see each other's rows."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(pg_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    base = sa.make_url(pg_url)
+    yield base.set(query={**base.query, "options": f"-csearch_path={schema}",
+                          "application_name": schema}).render_as_string(hide_password=False)
+    with admin.connect() as c:  # a store the test left open must not hold the schema
+        c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = :name"), {"name": schema})
+        c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> str:
+    """The store's URL, once on a SQLite file in tmp_path and once in a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'aoiflow.db'}"
+    return request.getfixturevalue("pg_schema_url")

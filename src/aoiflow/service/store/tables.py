@@ -1,0 +1,129 @@
+"""The store's tables as typed SQLAlchemy models (private to the store: records go out instead).
+
+Strings are ``Text`` everywhere: PostgreSQL enforces ``VARCHAR(n)`` and SQLite ignores it, so a
+length would make the same write succeed on one database and fail on the other.
+Changing a model here needs a new migration in ``aoiflow/service/migrations/versions``;
+``tests/test_store.py`` fails while the two disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on PostgreSQL (indexable, compact); plain JSON text on SQLite.
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+# SQLite keeps INTEGER PRIMARY KEY as its rowid; PostgreSQL gets 64 bits for a line that runs for years.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on both databases.
+
+    PostgreSQL has ``timestamptz``; SQLite has no time zones, so there the value is kept as naive
+    UTC text, whose text order is time order (range filters compare it as text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"the store keeps timezone-aware datetimes only, got naive {value}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {str: sa.Text(), float: sa.Double(), datetime: UTCDateTime(),
+                         list[Any]: JSONType, dict[str, Any]: JSONType}
+
+
+class InspectionRow(Base):
+    __tablename__ = "inspections"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    source: Mapped[str]
+    file_name: Mapped[str]
+    a: Mapped[float]
+    r: Mapped[float]
+    l: Mapped[float]
+    threshold: Mapped[float]
+    decision: Mapped[str]
+    verdict: Mapped[str] = mapped_column(index=True)
+    kind: Mapped[str | None] = mapped_column(index=True)
+    confidence: Mapped[float | None]
+    regions: Mapped[list[Any]]
+    model_version: Mapped[str]
+    supervised_version: Mapped[str | None]
+    image_path: Mapped[str | None]
+    map_path: Mapped[str | None]
+    overlay_path: Mapped[str | None]
+    timings_ms: Mapped[dict[str, Any]]
+    descriptor: Mapped[list[Any] | None]
+    review_status: Mapped[str | None]
+    review_label: Mapped[str | None]
+    reviewed_by: Mapped[str | None]
+    reviewed_at: Mapped[datetime | None]
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(unique=True)  # raised once: the database refuses a second row
+    rule: Mapped[str]
+    kind: Mapped[str | None]
+    severity: Mapped[str]
+    message: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    evidence: Mapped[list[Any]]
+    details: Mapped[dict[str, Any]]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None]
+
+
+class ProcessedFileRow(Base):
+    __tablename__ = "processed_files"
+    # One row per version of a file (a rewritten file has a new size or mtime and is new work).
+    __table_args__ = (sa.UniqueConstraint("path", "size", "mtime_ns"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    path: Mapped[str]
+    size: Mapped[int] = mapped_column(sa.BigInteger())
+    mtime_ns: Mapped[int] = mapped_column(sa.BigInteger())
+    claimed_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    inspection_id: Mapped[int | None] = mapped_column(
+        BigId, sa.ForeignKey("inspections.id", ondelete="SET NULL"))
+    error: Mapped[str | None]
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(unique=True)
+    kind: Mapped[str]
+    path: Mapped[str]
+    created_at: Mapped[datetime]
+    details: Mapped[dict[str, Any]]
