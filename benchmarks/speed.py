@@ -55,8 +55,8 @@ def gflops_per_frame(graph: ScoringGraph, channels: int, size: int) -> float:
 def paths_for(run: Path, workdir: Path, data_root: Path | None) -> dict:
     """The scoring callables of one run: name -> fn(np batch) -> A scores."""
     model = TrainedModel.load(run)
-    graph = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats).eval()
-    graph_cl = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats).eval().to(
+    graph = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats, model.head).eval()
+    graph_cl = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats, model.head).eval().to(
         memory_format=torch.channels_last)
 
     def eager(x):

@@ -154,7 +154,8 @@ def test_help_shows_no_type_for_switches_and_no_braces(command):
 
 def test_help_states_the_defaults():
     train = _help("train")
-    assert "--preset <str> one of: ganomaly-l1-l1, ganomaly-ssim-l1, ganomaly-ssim-ssim (default ganomaly-ssim-ssim)" in train
+    assert ("--preset <str> one of: ganomaly-l1-l1, ganomaly-ssim-l1, ganomaly-ssim-ssim (the reference system's), "
+            "ganomaly-ssim-head (beyond it: a head trained on synthetic defects) (default ganomaly-ssim-ssim)") in train
     assert "--epochs <int> training epochs (default 200)" in train
     assert "--batch-size <int> images per step (default 1)" in train
     assert "--image-size <int> model input size, a power of two from 32 to 256 (default 128; ganomaly-l1-l1: 64)" in train

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from aoiflow.config import DEFAULT_PRESET, PRESET_NAMES, Config, ConfigError, TrainConfig, build_config
+from aoiflow.config import DEFAULT_PRESET, PRESET_NAMES, REFERENCE_PRESETS, Config, ConfigError, TrainConfig, build_config
 
 
 class _PlainHelp:
@@ -88,7 +88,9 @@ def _preset_default(field: str) -> str:
     return "; ".join([f"default {value[DEFAULT_PRESET]}", *others])
 
 
-PresetOpt = typer.Option(None, "--preset", help=f"one of: {', '.join(PRESET_NAMES)} (default {DEFAULT_PRESET})")
+PresetOpt = typer.Option(None, "--preset", help=f"one of: {', '.join(REFERENCE_PRESETS)} (the reference system's), "
+                                                f"ganomaly-ssim-head (beyond it: a head trained on synthetic defects) "
+                                                f"(default {DEFAULT_PRESET})")
 ConfigOpt = typer.Option(None, "--config", exists=False,
                          help="YAML settings, partial is fine (its values replace the preset's; flags replace both)")
 QuietOpt = typer.Option(False, "--quiet", help="no progress bars")
@@ -305,6 +307,36 @@ def calibrate(
     typer.echo(f"calibrated {run}: {cal.summary()}")
 
 
+@app.command("train-head")
+def train_head_command(
+    run: Path = typer.Argument(..., help="run folder written by `aoiflow train`"),
+    steps: Optional[int] = typer.Option(None, callback=_at_least(1), help="optimiser steps (default 1500)"),
+    width: Optional[int] = typer.Option(None, help="U-Net width of the first stage (default 16)"),
+    full_size: bool = typer.Option(False, "--full-size", help="run the head at the model size, not half "
+                                                               "(finer maps, about 3x slower)"),
+    lam: Optional[float] = typer.Option(None, help="weight of the head's map in A against L (default 1.0)"),
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Give a trained run the synthetic-defect head (beyond the reference system), then calibrate it again."""
+    import torch
+
+    from aoiflow.headrun import add_head
+
+    _short_warnings()
+    settings = {k: v for k, v in {"steps": steps, "width": width}.items() if v is not None}
+    if full_size:
+        settings["downsample"] = 1
+    try:
+        if lam is not None and not 0 <= lam <= 1:
+            raise ConfigError(f"--lam {lam}: must be between 0 and 1")
+        torch.set_num_threads(threads or DEFAULT_THREADS)
+        model = add_head(run, settings, lam, progress=not quiet)
+    except _known_errors() as exc:
+        _fail(exc)
+    typer.echo(f"head trained for {run}: {model.calibration.summary()}")
+
+
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="run folder written by `aoiflow train`, or an exported .onnx/.xml model"),
@@ -483,6 +515,204 @@ def demo(
     except (*_known_errors(), ValueError) as exc:
         _fail(exc)
     typer.echo(f"report: {report}")
+
+
+# --- supervise: the defect-kind model trained on reviewed labels (aoiflow.supervised) ------------
+
+supervise_app = _App(cls=_Group, no_args_is_help=True,
+                     help="The supervised defect-kind model, trained on reviewed labels: train | test.")
+app.add_typer(supervise_app, name="supervise")
+
+LabelFormatOpt = typer.Option(None, "--format", help="coco, labelme, voc, yolo, mask or mvtec (default: detected "
+                                                     "from what is on disk)")
+ImagesOpt = typer.Option(None, "--images", help="the image folder (needed for YOLO and mask labels; MVTec "
+                                               "folders hold their own images)")
+TrainGoodOpt = typer.Option(False, "--include-train-good", help="MVTec folders: train/good images as more "
+                                                                "images without defects")
+
+
+def _supervised_errors() -> tuple[type[Exception], ...]:
+    from aoiflow.supervised.labels import LabelError
+
+    return (*_known_errors(), LabelError)
+
+
+@supervise_app.command("train")
+def supervise_train(
+    labels: Path = typer.Argument(..., help="reviewed label set: a COCO .json, a folder of LabelMe, VOC, YOLO or "
+                                            "mask labels, an aoiflow prelabel folder, or an MVTec-layout folder"),
+    out: Path = typer.Option(..., "--out", help="model folder to write (SUP)"),
+    images: Optional[Path] = ImagesOpt,
+    fmt: Optional[str] = LabelFormatOpt,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML supervised settings (model, train, infer), "
+                                                                 "partial is fine; flags replace its values"),
+    steps: Optional[int] = typer.Option(None, callback=_at_least(1), help="optimiser steps (default 2000)"),
+    batch_size: Optional[int] = typer.Option(None, help="images per step (default 8)"),
+    image_size: Optional[int] = typer.Option(None, help="model input size, a power of two from 32 to 512 "
+                                                        "(default 128)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate of the one-cycle schedule (default 0.002)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
+    include_train_good: bool = TrainGoodOpt,
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train the defect-kind model: SUP/model.pt (best on validation), checkpoint.pt, history.csv, config.yaml."""
+    from aoiflow.supervised.config import build_supervised_config
+    from aoiflow.supervised.train import fit_supervised
+    from aoiflow.train import TrainingInterrupted
+
+    _short_warnings()
+    flags = {"--steps": ("train.steps", steps), "--batch-size": ("train.batch_size", batch_size),
+             "--lr": ("train.lr", lr), "--seed": ("train.seed", seed), "--threads": ("train.threads", threads),
+             "--image-size": ("model.image_size", image_size)}
+    overrides: dict[str, dict[str, Any]] = {}
+    for field, value in flags.values():
+        section, key = field.split(".")
+        overrides.setdefault(section, {})[key] = value
+    try:
+        if resume and config is None and (out / "config.yaml").is_file():
+            config = out / "config.yaml"
+        cfg = build_supervised_config(config, overrides, {field: flag for flag, (field, _) in flags.items()})
+        _limit_pixels(max_pixels)
+        result = fit_supervised(labels, out, cfg, images=images, format=fmt, include_train_good=include_train_good,
+                                resume=resume, progress=not quiet)
+    except TrainingInterrupted as exc:
+        typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    except _supervised_errors() as exc:
+        _fail(exc)
+    for path, why in result.skipped:
+        typer.echo(f"skipped {path}: {why}", err=True)
+    best = "–" if result.best_miou is None else f"{result.best_miou:.3f} at step {result.best_step}"
+    typer.echo(f"{len(result.class_names)} kind(s): {', '.join(result.class_names)}; {result.n_train} training and "
+               f"{result.n_val} validation images; {result.steps_done} steps, best validation mIoU {best} "
+               f"-> {result.model_path}")
+
+
+@supervise_app.command("test")
+def supervise_test(
+    sup: Path = typer.Argument(..., help="model folder written by `aoiflow supervise train`"),
+    data: Path = typer.Argument(..., help="labelled test set, any form `supervise train` reads (e.g. an MVTec "
+                                          "folder: test/<kind> with ground_truth/<kind>)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default SUP/eval)"),
+    images: Optional[Path] = ImagesOpt,
+    fmt: Optional[str] = LabelFormatOpt,
+    include_train_good: bool = TrainGoodOpt,
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Judge the model on labelled images: metrics.json, predictions.csv, confusion.png, examples.png, report.html."""
+    from aoiflow.supervised.evaluate import evaluate_supervised
+
+    _short_warnings()
+    try:
+        _limit_pixels(max_pixels)
+        metrics = evaluate_supervised(sup, data, out, images=images, format=fmt,
+                                      include_train_good=include_train_good, progress=not quiet, threads=threads)
+    except _supervised_errors() as exc:
+        _fail(exc)
+    summary = {"pixel_mean_iou": metrics["pixel"]["mean_iou"],
+               "region_precision": metrics["regions_iou_0.5"]["all"]["precision"],
+               "region_recall": metrics["regions_iou_0.5"]["all"]["recall"],
+               "image_accuracy": metrics["image"]["accuracy"], "image_auroc": metrics["image"]["auroc"],
+               "kind_accuracy": metrics["image"]["kind_accuracy"],
+               "per_class_iou": {k: v["iou"] for k, v in metrics["pixel"]["per_class"].items() if k != "background"}}
+    typer.echo(json.dumps(summary, indent=1))
+    for s in metrics["skipped"]:
+        typer.echo(f"skipped {s['path']}: {s['reason']}", err=True)
+    typer.echo(f"report: {(out or sup / 'eval') / 'report.html'}")
+
+
+@app.command()
+def serve(
+    run: Path = typer.Option(..., "--run", help="run folder written by `aoiflow train`, or an exported .onnx/.xml model"),
+    supervised: Optional[Path] = typer.Option(None, "--supervised", help="the defect-kind model for two-stage "
+                                                                        "verdicts (recorded; used once the "
+                                                                        "Inspector takes one)"),
+    db: Optional[str] = typer.Option(None, "--db", help="database URL, e.g. postgresql+psycopg://user:pw@host/db "
+                                                        "(default sqlite:///DATA_DIR/aoiflow.db)"),
+    data_dir: Path = typer.Option(Path("aoiflow-line"), "--data-dir", help="folder for images, overlays, the retry "
+                                                                           "spool and the default database"),
+    watch: Optional[Path] = typer.Option(None, "--watch", help="also inspect every new image in this folder "
+                                                               "(recursively), each once, also across restarts"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, "--port", help="port to listen on"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="AOIFLOW_TOKEN", show_envvar=False,
+                                        help="bearer token required for writes (or set AOIFLOW_TOKEN)"),
+    read_token: bool = typer.Option(False, "--read-token", help="require the token for reads too"),
+    max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="largest upload accepted, in MiB"),
+    queue: int = typer.Option(64, "--queue", callback=_at_least(1), help="inspections that may wait for the model "
+                                                                          "before uploads get 503"),
+    raw: bool = RawOpt,
+    threshold: Optional[float] = typer.Option(None, help="override the stored decision threshold on A"),
+    overlays: str = typer.Option("anomalous", "--overlays", help="overlay PNGs for: anomalous, all or none"),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="MQTT broker host:port for alerts and verdicts"),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="URL that alerts are POSTed to as JSON"),
+    cors: list[str] = typer.Option([], "--cors", help="allow this browser origin (repeatable; CORS is off without)"),
+    threads: Optional[int] = ThreadsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
+) -> None:
+    """Run the line service: HTTP API (docs at /docs), store, folder watcher, alerts."""
+    import pydantic
+    import uvicorn
+
+    from aoiflow.service.app import create_app
+    from aoiflow.service.pipeline import default_loader, supervised_supported
+    from aoiflow.service.settings import ServiceSettings
+
+    _short_warnings()
+    try:
+        settings = ServiceSettings(
+            run=run, supervised=supervised, db=db, data_dir=data_dir, watch=watch, host=host, port=port,
+            token=token or None, read_token=read_token, max_upload_mb=max_upload_mb, queue=queue, raw=raw,
+            threshold=threshold, overlays=overlays, mqtt=mqtt, webhook=webhook, cors=cors,
+            threads=threads or DEFAULT_THREADS, max_pixels=max_pixels)
+    except pydantic.ValidationError as exc:
+        _fail(ConfigError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())))
+    if supervised is not None and not supervised_supported():
+        typer.secho(f"note: this aoiflow's Inspector takes no supervised model yet; {supervised} is recorded but "
+                    "verdicts come from GANomaly alone", fg=typer.colors.YELLOW, err=True)
+    if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host} without --token: anyone who can reach it may upload, review and "
+                    "switch models", fg=typer.colors.YELLOW, err=True)
+    try:
+        _limit_pixels(max_pixels)
+        inspector = default_loader(settings)(run, supervised)
+    except _known_errors() as exc:
+        _fail(exc)
+    typer.echo(f"serving {inspector.version} on http://{host}:{port} (API docs at /docs; data in {data_dir})")
+    uvicorn.run(create_app(settings, inspector=inspector), host=host, port=port, log_level="info")
+
+
+@app.command("replay")
+def replay_command(
+    frames: Path = typer.Argument(..., help="an image or a folder of images (recursively, in name order)"),
+    to: str = typer.Option(..., "--to", help="the service's URL, e.g. http://127.0.0.1:8000"),
+    fps: Optional[float] = typer.Option(None, "--fps", help="frames per second to send (default: as fast as "
+                                                             "the service answers)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="AOIFLOW_TOKEN", show_envvar=False,
+                                        help="bearer token (or set AOIFLOW_TOKEN)"),
+    concurrency: int = typer.Option(1, "--concurrency", callback=_at_least(1), help="client connections at once"),
+    source: str = typer.Option("replay", "--source", help="source name recorded with each inspection"),
+) -> None:
+    """Post a folder of frames to a running service at a set rate; report sent/ok/errors and latency."""
+    from aoiflow.service.replay import frames_in, replay
+
+    if fps is not None and fps <= 0:
+        _fail(ConfigError(f"--fps {fps}: must be positive"))
+    try:
+        paths = frames_in(frames)
+    except FileNotFoundError as exc:
+        _fail(exc)
+    if not paths:
+        _fail(ConfigError(f"{frames}: contains no images"))
+    result = replay(paths, to, fps=fps, token=token, concurrency=concurrency, source=source)
+    typer.echo(result.summary())
+    if result.ok == 0:
+        raise typer.Exit(1)
 
 
 def main() -> None:

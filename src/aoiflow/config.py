@@ -12,7 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PRESET_NAMES = ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim")
+PRESET_NAMES = ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim", "ganomaly-ssim-head")
+REFERENCE_PRESETS = PRESET_NAMES[:3]  # the published system's three; the head preset goes beyond it
 DEFAULT_PRESET = "ganomaly-ssim-ssim"  # what `train` and `tune` use without --preset or --config
 
 
@@ -99,6 +100,21 @@ class ScoreConfig(_Section):
         return values
 
 
+class HeadConfig(_Section):
+    """The discriminative head (aoiflow.head): a small U-Net over image and reconstruction,
+    trained on synthetic defects after GANomaly; its map replaces the residual map. Not in the
+    reference system; off except in the ``ganomaly-ssim-head`` preset."""
+
+    enabled: bool = False
+    steps: int = Field(1500, ge=1)         # optimiser steps (the generator is frozen meanwhile)
+    batch_size: int = Field(16, ge=2)
+    lr: float = Field(2e-3, gt=0)          # peak of a one-cycle schedule
+    width: int = Field(16, ge=4, le=128)   # U-Net width of the first stage
+    depth: int = Field(3, ge=1, le=5)      # U-Net pooling stages
+    downsample: Literal[1, 2] = 2          # 2: the U-Net runs at half the model size (4x less work)
+    defect_share: float = Field(0.5, gt=0, lt=1)  # share of training images given a painted defect
+
+
 class PreprocessConfig(_Section):
     """Raw frame -> canonical surface map (see aoiflow.preprocess). ``enabled`` is set on a run
     trained on preprocessed data, so ``predict --raw`` applies the same steps to raw frames."""
@@ -128,6 +144,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     scoring: ScoreConfig = ScoreConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
+    head: HeadConfig = HeadConfig()
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -145,6 +162,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "model": {"image_size": 128, "latent_size": 100},
         "loss": {"contextual": "ssim", "w_con": 50, "w_enc": 1, "w_adv": 1, "ssim_window": 11},
         "scoring": {"score": "ssim", "lam": 0.8, "ssim_window": 11},
+    },
+    # Beyond the reference: SSIM-SSIM plus the synthetic-defect head (aoiflow.head). The image
+    # score is the head's map alone (lam 1): the latent distance L adds little once the head
+    # reads the reconstruction itself.
+    "ganomaly-ssim-head": {
+        "model": {"image_size": 128, "latent_size": 100},
+        "loss": {"contextual": "ssim", "w_con": 50, "w_enc": 1, "w_adv": 1, "ssim_window": 11},
+        "scoring": {"score": "ssim", "lam": 1.0, "ssim_window": 11, "map_normalise": "none"},
+        "head": {"enabled": True},
     },
 }
 

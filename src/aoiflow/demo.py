@@ -19,11 +19,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from aoiflow import data
-from aoiflow.config import PRESET_NAMES, Config, PreprocessConfig, build_config
+from aoiflow.config import REFERENCE_PRESETS, Config, PreprocessConfig, build_config
 from aoiflow.evaluate import Evaluation, ImageResult, evaluate_run, image_hwc, load_masks
 from aoiflow.report import PanelRow, ScoreSet, line_report
 from aoiflow.runs import CHECKPOINT, TrainedModel
-from aoiflow.scoring import anomaly_map, score_batch
+from aoiflow.scoring import anomaly_map
 from aoiflow.train import fit_like, same_training
 
 BATCH_SIZE = 16
@@ -55,7 +55,7 @@ def frame_ms(run: Path, warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS) ->
     before = torch.get_num_threads()
     torch.set_num_threads(model.config.train.threads)
     try:
-        return median_ms(lambda: score_batch(model.generator, x, model.config.scoring, model.map_stats), warmup, calls)
+        return median_ms(lambda: model.score_batch(x), warmup, calls)
     finally:
         torch.set_num_threads(before)
 
@@ -79,7 +79,7 @@ def mean_image_baseline(root: Path, size: int = 128) -> dict[str, float]:
 
 def run_led_demo(out: Path, scale: float = 0.2, epochs: int = 80, base_width: int = 32, seed: int = 0,
                  progress: bool = True, log=print, variability: float = 0.0,
-                 presets: tuple[str, ...] = PRESET_NAMES, map_normalise: str | None = None) -> Path:
+                 presets: tuple[str, ...] = REFERENCE_PRESETS, map_normalise: str | None = None) -> Path:
     """Run the line end to end under ``out``; returns the report path. ``variability`` makes
     normal parts differ from each other (aoiflow.ledsynth); ``map_normalise`` overrides the scoring's."""
     out = Path(out)

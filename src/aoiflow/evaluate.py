@@ -28,7 +28,7 @@ from aoiflow.fileio import atomic_write_text, write_csv
 from aoiflow.localisation import MatchCounts, box_iou, components, edits_needed, mask_iou, match, pro_score, read_boxes
 from aoiflow.regions import Region, RegionSettings, find_regions
 from aoiflow.runs import RunError, TrainedModel
-from aoiflow.scoring import minmax_score, score_batch
+from aoiflow.scoring import minmax_score
 
 SCORE_FIELDS = ["path", "label", "defect_type", "R", "L", "A", "A_hat", "decision"]
 
@@ -355,11 +355,11 @@ def scoring_ms(model: TrainedModel, batch: int = 1, calls: int = 30) -> float:
     s = model.config.model.image_size
     x = torch.rand(batch, model.channels, s, s)
     for _ in range(3):
-        score_batch(model.generator, x, model.config.scoring, model.map_stats)
+        model.score_batch(x)
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        score_batch(model.generator, x, model.config.scoring, model.map_stats)
+        model.score_batch(x)
         times.append((time.perf_counter() - t0) * 1000 / batch)
     return statistics.median(times)
 

@@ -48,7 +48,7 @@ def _metadata(model: TrainedModel, int8: bool) -> str:
 def _export_fp32(model: TrainedModel, path: Path) -> None:
     import onnx
 
-    graph = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats).eval()
+    graph = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats, model.head).eval()
     s = model.config.model.image_size
     example = (torch.rand(2, model.channels, s, s),)
     with warnings.catch_warnings():

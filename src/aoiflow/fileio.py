@@ -104,3 +104,12 @@ class CsvAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def file_digest(path: Path, length: int = 12) -> str:
+    """The first ``length`` hex digits of a file's SHA-256: a model version that changes whenever
+    the file does (a run trained again, calibrated again or given a head)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:length]

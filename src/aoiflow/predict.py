@@ -11,18 +11,17 @@ Library use::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from aoiflow import data
-from aoiflow.fileio import CsvAppender, atomic_write, output_stems
+from aoiflow.fileio import CsvAppender, atomic_write, file_digest, output_stems
 from aoiflow.preprocess import SkippedFrame, frame_model_input
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.calibrate import combined_score, verdict
-from aoiflow.scoring import score_batch
 
 PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map"]
 
@@ -37,9 +36,15 @@ class Prediction:
     r: float = float("nan")
     l: float = float("nan")
     a: float = float("nan")
-    decision: str = ""
+    decision: str = ""                     # the calibrated decision: 'normal' or 'anomalous'
     anomaly_map: np.ndarray | None = None  # (H, W) float at the original image size
     original: np.ndarray | None = None     # (H, W, C) float in [0, 1]
+    # The line's verdict: 'ok' or 'anomaly' from GANomaly alone; with a supervised model
+    # 'defect:<kind>' or 'unknown_anomaly' for anomalous parts (aoiflow.supervised).
+    verdict: str = ""
+    kind: str | None = None
+    confidence: float | None = None
+    regions: list[dict] = field(default_factory=list)  # {"kind", "confidence", "box": [x0, y0, x1, y1], "area"}
 
 
 class _TorchBackend:
@@ -47,10 +52,11 @@ class _TorchBackend:
 
     def __init__(self, model: TrainedModel) -> None:
         self.config, self.channels, self.calibration = model.config, model.channels, model.calibration
-        self.generator, self.map_stats = model.generator, model.map_stats
+        self.model = model
+        self.version = model.version
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        r, l, amap, _ = score_batch(self.generator, x, self.config.scoring, self.map_stats)
+        r, l, amap, _ = self.model.score_batch(x)
         a = combined_score(r.numpy(), l.numpy(), self.calibration, self.config.scoring.lam)
         return r.numpy(), l.numpy(), a, amap
 
@@ -63,6 +69,7 @@ class _OnnxBackend:
 
         self.model = OpenVinoModel(path, threads, precision) if path.suffix == ".xml" else ExportedModel(path, threads)
         self.config, self.channels, self.calibration = self.model.config, self.model.channels, self.model.calibration
+        self.version = f"{path.stem}@{file_digest(path)}"
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
         r, l, a, amap = self.model.score(x.numpy())
@@ -80,6 +87,7 @@ class Inspector:
         self.channels = backend.channels
         self.calibration = backend.calibration
         self.threshold = self.calibration.threshold if threshold is None else float(threshold)
+        self.version = getattr(backend, "version", "unknown")
 
     @classmethod
     def load(cls, source: str | Path, threshold: float | None = None, threads: int = 2,
@@ -151,8 +159,9 @@ class Inspector:
                 s = surface.image.shape[0]
                 canonical = data.resize_tensor(amap[i : i + 1], s)[0, 0].numpy()
                 full = surface.to_frame(canonical, image.shape[:2])
-            yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]), verdict(a[i], self.threshold),
-                             full, image)
+            decision = verdict(a[i], self.threshold)
+            yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]), decision, full, image,
+                             verdict="anomaly" if decision == "anomalous" else "ok")
 
 
 def collect_inputs(target: str | Path) -> list[Path]:

@@ -49,7 +49,7 @@ def finish_model(model: TrainedModel, train_images: torch.Tensor, val_images: to
     map statistics on other normals than the calibration keeps the threshold's rate guarantee."""
     sc = model.config.scoring
     model.generator.eval()
-    if sc.map_normalise == "position":
+    if sc.map_normalise == "position" and model.head is None:  # a head's map is a probability already
         plain = sc.model_copy(update={"map_normalise": "none"})
         model.map_stats = fit_map_stats(score_images(model.generator, map_stats_sample(train_images), plain,
                                                      keep_maps=True).maps)

@@ -20,9 +20,10 @@ import torch
 
 from aoiflow.calibrate import Calibration
 from aoiflow.config import Config
-from aoiflow.fileio import atomic_write
+from aoiflow.fileio import atomic_write, file_digest
+from aoiflow.head import DefectHead, build_head
 from aoiflow.model import Generator
-from aoiflow.scoring import MapStats, RawScores, score_images
+from aoiflow.scoring import MapStats, RawScores, score_batch, score_images
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -82,6 +83,11 @@ def load_model_state(run_dir: str | Path) -> dict[str, Any]:
     return load_checkpoint(run_dir)
 
 
+def _version(run_dir: Path) -> str:
+    path = run_dir / MODEL if (run_dir / MODEL).is_file() else run_dir / CHECKPOINT
+    return f"{run_dir.resolve().name}@{file_digest(path)}"
+
+
 @dataclass
 class TrainedModel:
     """Everything scoring needs from a run: the generator (eval mode), config, channels, calibration."""
@@ -94,6 +100,8 @@ class TrainedModel:
     split: dict[str, list[str]]  # file names of train/val images relative to the data root
     data_root: str | None = None  # the folder the run was trained on
     map_stats: MapStats | None = None  # per-position statistics of normal maps (map_normalise: position)
+    head: DefectHead | None = None  # the synthetic-defect head (aoiflow.head), when the run has one
+    version: str = "unsaved"  # '<run folder name>@<digest of the file loaded>': recorded with every verdict
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainedModel":
@@ -105,16 +113,27 @@ class TrainedModel:
         gen.load_state_dict(state["generator"])
         gen.eval()
         cal = Calibration.from_dict(state["calibration"]) if state.get("calibration") else None
+        head = None
+        if state.get("head"):
+            head = build_head(channels, config.head)
+            head.load_state_dict(state["head"])
+            head.eval()
         return cls(gen, config, channels, cal, int(state["epoch"]), state["split"],
-                   state.get("data_root"), MapStats.from_dict(state.get("map_stats")))
+                   state.get("data_root"), MapStats.from_dict(state.get("map_stats")), head, _version(Path(run_dir)))
 
     def to_state(self) -> dict[str, Any]:
         """What inference needs and nothing else (no discriminator, no optimiser state): model.pt."""
         return {"format": MODEL_FORMAT, "config": self.config.model_dump(), "channels": self.channels,
                 "epoch": self.epoch, "generator": self.generator.state_dict(), "split": self.split,
                 "data_root": self.data_root, "calibration": self.calibration.to_dict() if self.calibration else None,
-                "map_stats": self.map_stats.to_dict() if self.map_stats else None}
+                "map_stats": self.map_stats.to_dict() if self.map_stats else None,
+                "head": self.head.state_dict() if self.head is not None else None}
 
     def score(self, images: torch.Tensor, **kw: Any) -> RawScores:
         """Score (N, C, S, S) images in [0, 1] with this run's settings (``scoring.score_images``)."""
-        return score_images(self.generator, images, self.config.scoring, map_stats=self.map_stats, **kw)
+        return score_images(self.generator, images, self.config.scoring, map_stats=self.map_stats, head=self.head,
+                            **kw)
+
+    def score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, S, S) in [0, 1] -> R, L (B,), map (B, 1, S, S), x_hat (``scoring.score_batch``)."""
+        return score_batch(self.generator, x, self.config.scoring, self.map_stats, self.head)

@@ -99,31 +99,41 @@ class ScoringGraph(nn.Module):
     """
 
     def __init__(self, generator: Generator, settings: ScoreConfig, calibration: Calibration,
-                 map_stats: MapStats | None = None) -> None:
+                 map_stats: MapStats | None = None, head: nn.Module | None = None) -> None:
         super().__init__()
         self.generator = generator.eval()
+        self.head = head.eval() if head is not None else None
         self.settings = settings
         stats = [calibration.r_mean, calibration.r_std, calibration.l_mean, calibration.l_std]
         self.register_buffer("stats", torch.tensor(stats, dtype=torch.float32))
-        self.map_stats = _required_stats(settings, map_stats)
+        self.map_stats = _required_stats(settings, map_stats, head)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        r, l, amap, _ = _score(self.generator, x, self.settings, self.map_stats)
+        r, l, amap, _ = _score(self.generator, x, self.settings, self.map_stats, self.head)
         lam = self.settings.lam
         a = lam * (r - self.stats[0]) / self.stats[1] + (1.0 - lam) * (l - self.stats[2]) / self.stats[3]
         return r, l, a, amap
 
 
-def _required_stats(settings: ScoreConfig, map_stats: MapStats | None) -> MapStats | None:
-    if settings.map_normalise == "position" and map_stats is None:
+def _required_stats(settings: ScoreConfig, map_stats: MapStats | None,
+                    head: nn.Module | None = None) -> MapStats | None:
+    """The map statistics to apply: none when a head makes the map (its map is a probability)."""
+    if head is not None or settings.map_normalise != "position":
+        return None
+    if map_stats is None:
         raise ValueError("scoring.map_normalise is 'position' but the run has no per-position map statistics")
-    return map_stats if settings.map_normalise == "position" else None
+    return map_stats
 
 
-def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None):
+def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None,
+           head: nn.Module | None = None):
     out = generator(x * 2.0 - 1.0)
     x_hat = (out.reconstruction + 1.0) * 0.5
-    amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window, settings.map_sigma)
+    if head is not None:  # the head's defect probability, smoothed like a residual map
+        residual = anomaly_map(x, x_hat, settings.score, settings.ssim_window)
+        amap = gaussian_blur(torch.sigmoid(head(x, x_hat, residual)), settings.map_sigma)
+    else:
+        amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window, settings.map_sigma)
     if map_stats is not None:
         amap = map_stats.apply(amap)
     r = pool_map(amap, settings.pooling, settings.topk_fraction)
@@ -133,13 +143,17 @@ def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_sta
 
 @torch.inference_mode()
 def score_batch(
-    generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None
+    generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None,
+    head: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score (B, C, S, S) images in [0, 1] -> R (B,), L (B,), map (B, 1, S, S), x_hat (B, C, S, S).
-    Puts the generator in eval mode: BatchNorm must use its running statistics, so an image scores
-    the same alone or in a batch, and scoring never changes the model."""
+    Puts the networks in eval mode: BatchNorm must use its running statistics, so an image scores
+    the same alone or in a batch, and scoring never changes the model. With a ``head`` (aoiflow.head)
+    the map is its defect probability instead of the residual."""
     generator.eval()
-    return _score(generator, x, settings, _required_stats(settings, map_stats))
+    if head is not None:
+        head.eval()
+    return _score(generator, x, settings, _required_stats(settings, map_stats, head), head)
 
 
 def score_images(
@@ -151,6 +165,7 @@ def score_images(
     keep_reconstructions: bool = False,
     progress: bool = False,
     map_stats: MapStats | None = None,
+    head: nn.Module | None = None,
 ) -> RawScores:
     """Score (N, C, S, S) images in [0, 1] in batches (the generator is put in eval mode)."""
     from tqdm import tqdm
@@ -158,7 +173,7 @@ def score_images(
     rs, ls, maps, recs = [], [], [], []
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="scoring", unit="batch", disable=not progress, leave=False):
-        r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], settings, map_stats)
+        r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], settings, map_stats, head)
         rs.append(r)
         ls.append(l)
         if keep_maps:

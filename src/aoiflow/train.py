@@ -21,6 +21,7 @@ from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
 from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
 from aoiflow.augment import augment_batch
+from aoiflow.head import train_head
 from aoiflow.recalibrate import finish_model
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
@@ -292,13 +293,16 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), t.epochs)) from None
 
     done = max(start_epoch, t.epochs)
-    model = finish_model(TrainedModel(state.generator, config, channels, None, done, split, split.get("root")),
-                         train_set.images, val_set.images)
+    model = TrainedModel(state.generator, config, channels, None, done, split, split.get("root"))
+    if config.head.enabled:
+        model.head, _ = train_head(state.generator, train_set.images, config, progress)
+    model = finish_model(model, train_set.images, val_set.images)
     if progress:
         tqdm.write(f"calibration: {model.calibration.summary()}")
     save_checkpoint(run_dir / CHECKPOINT, {**_checkpoint_state(state, config, channels, done, history, split),
                                            "calibration": model.calibration.to_dict(),
-                                           "map_stats": model.map_stats.to_dict() if model.map_stats else None})
+                                           "map_stats": model.map_stats.to_dict() if model.map_stats else None,
+                                           "head": model.head.state_dict() if model.head is not None else None})
     save_model(run_dir, model.to_state())
     return run_dir / CHECKPOINT
 

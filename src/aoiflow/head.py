@@ -1,0 +1,108 @@
+"""The discriminative head: a small U-Net that reads an image beside GANomaly's reconstruction and
+says, per pixel, how likely a defect is. Not part of the reference system (preset
+``ganomaly-ssim-head``); it follows the idea of DRAEM, trained from scratch on synthetic defects.
+
+Why: a reconstruction-based map is high wherever the generator cannot reproduce the part, and
+on real products normal parts vary in ways it cannot reproduce either (bond wires, texture, print),
+so the top of a normal image's map is as high as a defect's. The head is shown the residual of
+normal variation as "normal" and the residual of painted defects as "defect", so it learns the
+difference; the image score pools its map like any other map, and calibration is unchanged.
+
+The generator stays frozen while the head trains; training takes a fixed number of optimiser
+steps (a budget in steps, not epochs, so small sets train as long as large ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from aoiflow.augment import augment_batch
+from aoiflow.config import Config, HeadConfig, ScoreConfig
+from aoiflow.model import Generator
+from aoiflow.scoring import anomaly_map
+from aoiflow.synthdefect import add_synthetic_defects
+from aoiflow.unet import UNet
+
+
+class DefectHead(nn.Module):
+    """(x, x_hat (B, C, S, S) in [0, 1], residual (B, 1, S, S)) -> defect logits (B, 1, S, S).
+
+    ``downsample`` 2 runs the U-Net at half the model size and upsamples its logits: about a
+    quarter of the work (a U-Net's full-size stages cost most), for maps a little coarser.
+    """
+
+    def __init__(self, channels: int, width: int = 16, depth: int = 3, downsample: int = 1) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.net = UNet(2 * channels + 1, 1, width, depth)
+
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        inputs = torch.cat([x * 2 - 1, x_hat * 2 - 1, residual], 1)
+        if self.downsample == 1:
+            return self.net(inputs)
+        logits = self.net(F.avg_pool2d(inputs, self.downsample))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_head(channels: int, settings: HeadConfig) -> DefectHead:
+    return DefectHead(channels, settings.width, settings.depth, settings.downsample)
+
+
+def residual_map(x: torch.Tensor, x_hat: torch.Tensor, settings: ScoreConfig) -> torch.Tensor:
+    """The head's third input: the unsmoothed per-pixel dissimilarity (B, 1, S, S) of the run's
+    score kind, exactly as scoring computes it."""
+    return anomaly_map(x, x_hat, settings.score, settings.ssim_window)
+
+
+def head_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus a soft Dice term over the batch: the Dice term keeps small
+    defects (a few hundred of 16k pixels) from being drowned by the background."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels)
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * labels).sum() + 1) / (p.sum() + labels.sum() + 1)
+    return bce + dice
+
+
+@torch.no_grad()
+def _reconstruct(generator: Generator, x: torch.Tensor) -> torch.Tensor:
+    return (generator(x * 2 - 1).reconstruction + 1) * 0.5
+
+
+def train_head(generator: Generator, images: torch.Tensor, config: Config, progress: bool = True,
+               head: DefectHead | None = None) -> tuple[DefectHead, list[float]]:
+    """Train a head on normal ``images`` (N, C, S, S) in [0, 1] with painted defects; the generator
+    is frozen (eval mode). Returns the head (eval mode) and the loss of every 50 steps."""
+    hc, seed = config.head, config.train.seed
+    rng = np.random.default_rng(seed + 7919)
+    torch_gen = torch.Generator().manual_seed(seed + 7919)
+    if head is None:
+        with torch.random.fork_rng():  # the head's initial weights drawn under the run's seed
+            torch.manual_seed(seed)
+            head = build_head(images.shape[1], hc)
+    opt = torch.optim.Adam(head.parameters(), lr=hc.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hc.lr, total_steps=hc.steps, pct_start=0.1)
+    generator.eval()
+    head.train()
+    losses, running = [], []
+    bar = tqdm(range(hc.steps), desc="head", unit="step", disable=not progress, leave=False)
+    for step in bar:
+        idx = torch.from_numpy(rng.choice(len(images), min(hc.batch_size, len(images)), replace=False))
+        x = augment_batch(images[idx], config.train.augment, torch_gen)
+        x, labels = add_synthetic_defects(x, rng, hc.defect_share)
+        x_hat = _reconstruct(generator, x)
+        loss = head_loss(head(x, x_hat, residual_map(x, x_hat, config.scoring)), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == hc.steps:
+            losses.append(float(np.mean(running)))
+            running = []
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return head.eval(), losses
+

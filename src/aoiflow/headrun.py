@@ -1,0 +1,60 @@
+"""Give a trained run the synthetic-defect head (``aoiflow train-head RUN``), or train it again.
+
+The generator stays as it is; the head trains on the run's own training normals, then the map
+statistics and the calibration are fitted again (the head changes the map and the score), and
+RUN/model.pt and RUN/checkpoint.pt are replaced atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from aoiflow import data
+from aoiflow.config import ConfigError, HeadConfig, save_config
+from aoiflow.head import train_head
+from aoiflow.recalibrate import finish_model
+from aoiflow.runs import CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
+
+
+def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, lam: float | None = None,
+             progress: bool = True) -> TrainedModel:
+    """Train a head for ``run_dir`` with ``head_settings`` (fields of ``HeadConfig``; the run's
+    own otherwise) and image-score weight ``lam`` (1.0 unless given: the head's map alone)."""
+    run_dir = Path(run_dir)
+    model = TrainedModel.load(run_dir)
+    config = model.config.model_copy(deep=True)
+    try:
+        config.head = HeadConfig.model_validate({**config.head.model_dump(), **(head_settings or {}), "enabled": True})
+    except ValidationError as exc:
+        raise ConfigError("head: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                for e in exc.errors())) from None
+    config.scoring.lam = 1.0 if lam is None else lam
+    model.config = config
+    root = Path(model.data_root or "")
+    if not model.data_root or not root.is_dir():
+        raise RunError(f"{run_dir}: the run's training folder {model.data_root!r} is not here; the head trains on it")
+    train = data.load_images([root / p for p in model.split["train"]], model.channels, config.model.image_size,
+                             progress)
+    val = data.load_images([root / p for p in model.split["val"]], model.channels, config.model.image_size, progress)
+    if len(train.images) == 0 or len(val.images) == 0:
+        raise data.DataLayoutError(f"{root}: no readable training or validation images")
+    model.head, losses = train_head(model.generator, train.images, config, progress)
+    if progress:
+        tqdm.write(f"head: {config.head.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    model = finish_model(model, train.images, val.images)
+    _store(run_dir, model)
+    return model
+
+
+def _store(run_dir: Path, model: TrainedModel) -> None:
+    save_model(run_dir, model.to_state())
+    if (run_dir / CHECKPOINT).is_file():
+        state = load_checkpoint(run_dir)
+        state.update(config=model.config.model_dump(), calibration=model.calibration.to_dict(),
+                     map_stats=model.map_stats.to_dict() if model.map_stats else None, head=model.head.state_dict())
+        save_checkpoint(run_dir / CHECKPOINT, state)
+    save_config(model.config, run_dir / CONFIG)
