@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -347,11 +348,13 @@ def predict(
     raw: bool = RawOpt,
     precision: str = typer.Option("f32", help="OpenVINO models: f32 (exact) or bf16 (faster where the CPU has it)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),
+    supervised: Optional[Path] = typer.Option(None, "--supervised", help="a defect-kind model from `aoiflow "
+                                              "supervise train`: verdicts ok, defect:<kind> or unknown_anomaly"),
     threads: Optional[int] = ThreadsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Judge new images: OUT/predictions.csv (path, R, L, A, decision) and OUT/maps/*.png."""
+    """Judge new images: OUT/predictions.csv (path, R, L, A, decision, verdict) and OUT/maps/*.png."""
     from aoiflow.predict import Inspector, predict_to_folder
 
     _short_warnings()
@@ -359,14 +362,20 @@ def predict(
         if precision not in ("f32", "bf16"):
             raise ConfigError(f"--precision {precision!r}: choose f32 or bf16")
         _limit_pixels(max_pixels)
-        inspector = Inspector.load(run, threshold, threads=threads or DEFAULT_THREADS, precision=precision)
+        inspector = Inspector.load(run, threshold, threads=threads or DEFAULT_THREADS, precision=precision,
+                                   supervised=supervised)
         results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet, raw=raw,
                                     overwrite=overwrite)
     except _known_errors() as exc:
         _fail(exc)
     bad = [r for r in results if r.status != "ok"]
     flagged = sum(r.decision == "anomalous" for r in results)
-    typer.echo(f"{len(results) - len(bad)} scored, {flagged} anomalous, {len(bad)} not scored -> {out / 'predictions.csv'}")
+    kinds = ""
+    if supervised is not None:
+        counts = Counter(r.verdict for r in results if r.status == "ok" and r.verdict != "ok")
+        kinds = " (" + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + ")" if counts else ""
+    typer.echo(f"{len(results) - len(bad)} scored, {flagged} anomalous{kinds}, {len(bad)} not scored "
+               f"-> {out / 'predictions.csv'}")
     for r in bad:
         typer.echo(f"skipped {r.path}: {r.reason}", err=True)
 
@@ -656,6 +665,8 @@ def serve(
     max_pixels: Optional[int] = MaxPixelsOpt,
 ) -> None:
     """Run the line service: HTTP API (docs at /docs), store, folder watcher, alerts."""
+    import logging
+
     import pydantic
     import uvicorn
 
@@ -680,9 +691,11 @@ def serve(
                     "switch models", fg=typer.colors.YELLOW, err=True)
     try:
         _limit_pixels(max_pixels)
-        inspector = default_loader(settings)(run, supervised)
+        inspector = default_loader(settings)(run, supervised if supervised_supported() else None)
     except _known_errors() as exc:
         _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     typer.echo(f"serving {inspector.version} on http://{host}:{port} (API docs at /docs; data in {data_dir})")
     uvicorn.run(create_app(settings, inspector=inspector), host=host, port=port, log_level="info")
 

@@ -10,6 +10,7 @@ Library use::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,11 @@ from aoiflow import data
 from aoiflow.fileio import CsvAppender, atomic_write, file_digest, output_stems
 from aoiflow.preprocess import SkippedFrame, frame_model_input
 from aoiflow.runs import RunError, TrainedModel
+from aoiflow.supervised.model import SupervisedModel
 from aoiflow.calibrate import combined_score, verdict
 
-PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map"]
+PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map",
+                     "verdict", "kind", "confidence", "regions"]
 
 
 @dataclass
@@ -79,7 +82,8 @@ class _OnnxBackend:
 class Inspector:
     """A trained model (run folder or exported .onnx) plus its calibration, ready to judge images."""
 
-    def __init__(self, backend: _TorchBackend | _OnnxBackend, threshold: float | None = None) -> None:
+    def __init__(self, backend: _TorchBackend | _OnnxBackend, threshold: float | None = None,
+                 supervised: SupervisedModel | None = None) -> None:
         if backend.calibration is None:
             raise RunError("the run has no calibration (training did not finish); resume it with `aoiflow train --resume`")
         self.backend = backend
@@ -88,18 +92,22 @@ class Inspector:
         self.calibration = backend.calibration
         self.threshold = self.calibration.threshold if threshold is None else float(threshold)
         self.version = getattr(backend, "version", "unknown")
+        self.supervised = supervised
+        self.supervised_version = supervised.version if supervised is not None else None
 
     @classmethod
     def load(cls, source: str | Path, threshold: float | None = None, threads: int = 2,
-             precision: str = "f32") -> "Inspector":
+             precision: str = "f32", supervised: str | Path | None = None) -> "Inspector":
         """``source``: a run folder (PyTorch), an exported ``.onnx`` file (ONNX Runtime) or an
         OpenVINO ``.xml`` model; ``precision='bf16'`` lets OpenVINO compute in bfloat16 where the
-        CPU supports it (faster, scores differ slightly)."""
+        CPU supports it (faster, scores differ slightly). ``supervised``: a folder written by
+        ``aoiflow supervise train`` (or its model.pt) for the two-stage verdict."""
         source = Path(source)
         torch.set_num_threads(threads)
+        sup = SupervisedModel.load(supervised) if supervised is not None else None
         if source.suffix in (".onnx", ".xml"):
-            return cls(_OnnxBackend(source, threads, precision), threshold)
-        return cls(_TorchBackend(TrainedModel.load(source)), threshold)
+            return cls(_OnnxBackend(source, threads, precision), threshold, sup)
+        return cls(_TorchBackend(TrainedModel.load(source)), threshold, sup)
 
     @property
     def map_scale(self) -> float:
@@ -160,8 +168,36 @@ class Inspector:
                 canonical = data.resize_tensor(amap[i : i + 1], s)[0, 0].numpy()
                 full = surface.to_frame(canonical, image.shape[:2])
             decision = verdict(a[i], self.threshold)
-            yield Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]), decision, full, image,
-                             verdict="anomaly" if decision == "anomalous" else "ok")
+            pred = Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]), decision, full, image,
+                              verdict="anomaly" if decision == "anomalous" else "ok")
+            if self.supervised is not None:
+                judged = image if surface is None else data.to_channels(surface.image, self.channels)
+                self._second_stage(pred, amap[i, 0].numpy(), judged)
+            yield pred
+
+    def _second_stage(self, pred: Prediction, model_map: np.ndarray, judged: np.ndarray) -> None:
+        """The supervised model names the defect kind (``supervised.verdict.two_stage_verdict``).
+        The rule runs at GANomaly's model size, where the pixel threshold was calibrated; the
+        regions come back in the pixels of the judged image (the surface map for raw frames)."""
+        probs = self.supervised.infer_image(judged)
+        pred.verdict, pred.kind, pred.confidence, regions = self.supervised.verdict(
+            pred.decision, model_map, self.calibration.pixel_threshold, probs)
+        pred.regions = scale_regions(regions, judged.shape[0] / model_map.shape[0],
+                                     judged.shape[1] / model_map.shape[1])
+
+
+def scale_regions(regions: list[dict], sy: float, sx: float) -> list[dict]:
+    """Region dicts (box [x0, y0, x1, y1] inclusive, area, optional polygon) from map pixels to
+    image pixels, ``sy`` and ``sx`` image pixels per map pixel."""
+    out = []
+    for reg in regions:
+        x0, y0, x1, y1 = reg["box"]
+        scaled = {**reg, "box": [int(x0 * sx), int(y0 * sy), int((x1 + 1) * sx) - 1, int((y1 + 1) * sy) - 1],
+                  "area": float(reg["area"]) * sx * sy}
+        if reg.get("polygon"):
+            scaled["polygon"] = [[float(x) * sx, float(y) * sy] for x, y in reg["polygon"]]
+        out.append(scaled)
+    return out
 
 
 def collect_inputs(target: str | Path) -> list[Path]:
@@ -180,21 +216,40 @@ def collect_inputs(target: str | Path) -> list[Path]:
 OVERLAY_MAX_SIDE = 4096  # map PNGs are for people: a 7000-px-wide picture only costs memory
 
 
-def overlay_png(original: np.ndarray, amap: np.ndarray, vmax: float, path: Path) -> None:
+def overlay_png(original: np.ndarray, amap: np.ndarray, vmax: float, path: Path,
+                regions: list[dict] | None = None) -> None:
     """Save the image (left) and the anomaly map as a heat overlay (right) side by side, shrunk
-    to at most OVERLAY_MAX_SIDE pixels on its long side."""
+    to at most OVERLAY_MAX_SIDE pixels on its long side. ``regions`` of the supervised model
+    (boxes in image pixels) are outlined on the left with their kind and confidence."""
     import cv2
     from PIL import Image
 
     from aoiflow.heatmap import side_by_side
 
-    scale = OVERLAY_MAX_SIDE / max(original.shape[:2])
+    scale = min(1.0, OVERLAY_MAX_SIDE / max(original.shape[:2]))
     if scale < 1:
         size = (max(1, round(original.shape[1] * scale)), max(1, round(original.shape[0] * scale)))
         original = cv2.resize(original, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
         amap = cv2.resize(amap, size, interpolation=cv2.INTER_AREA)
-    img = np.concatenate(side_by_side(original, amap, vmax), axis=1)
+    left, right = side_by_side(original, amap, vmax)
+    if regions:
+        left = draw_regions(np.ascontiguousarray(left), regions, scale)
+    img = np.concatenate([left, right], axis=1)
     atomic_write(path, lambda p: Image.fromarray(img).save(p, format="PNG"))
+
+
+def draw_regions(image: np.ndarray, regions: list[dict], scale: float = 1.0) -> np.ndarray:
+    """Outline each region's box on a uint8 (H, W, 3) image with '<kind> <confidence>' above it."""
+    import cv2
+
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    for reg in regions:
+        x0, y0, x1, y1 = (round(v * scale) for v in reg["box"])
+        cv2.rectangle(image, (x0, y0), (x1, y1), (0, 255, 255), thickness)
+        text = f"{reg.get('kind', '')} {reg.get('confidence', 0):.2f}"
+        cv2.putText(image, text, (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, (0, 255, 255),
+                    thickness, cv2.LINE_AA)
+    return image
 
 
 def prepare_output(out: Path, ours: Iterable[str], overwrite: bool, command: str) -> None:
@@ -237,11 +292,14 @@ def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | P
             map_name = ""
             if pred.status == "ok" and write_maps:
                 map_name = f"maps/{stems[pred.path]}_map.png"
-                overlay_png(pred.original, pred.anomaly_map, vmax, out / map_name)
+                overlay_png(pred.original, pred.anomaly_map, vmax, out / map_name, pred.regions if not raw else None)
             pred.original = None  # keep memory flat on big folders
             results.append(pred)
             table.add([str(pred.path), pred.status, pred.reason, _fmt(pred.r), _fmt(pred.l), _fmt(pred.a),
-                       _fmt(inspector.threshold), pred.decision, map_name])
+                       _fmt(inspector.threshold), pred.decision, map_name, pred.verdict, pred.kind or "",
+                       "" if pred.confidence is None else _fmt(pred.confidence),
+                       json.dumps([{k: v for k, v in reg.items() if k != "polygon"} for reg in pred.regions])
+                       if pred.regions else ""])
     if not any(r.status == "ok" for r in results):
         first = results[0]
         raise data.DataLayoutError(f"{target}: none of the {len(results)} images could be scored "
