@@ -46,7 +46,7 @@ def obs(i: int, *, a: float = 0.0, flagged: bool = False, verdict: str | None = 
         descriptor: np.ndarray | None = None, input_ok: bool = True) -> Observation:
     """Inspection ``i`` one second after the previous."""
     return Observation(inspection_id=i, time=T0 + timedelta(seconds=i), a=a,
-                       decision="anomaly" if flagged else "ok",
+                       decision="anomalous" if flagged else "normal",
                        verdict=verdict or ("anomaly" if flagged else "ok"), descriptor=descriptor, input_ok=input_ok)
 
 
@@ -71,9 +71,9 @@ def test_alerts_import_no_torch_web_framework_or_database():
 
 def test_observation_checks_its_inputs():
     with pytest.raises(ValueError, match="timezone-aware"):
-        Observation(inspection_id=1, time=datetime(2024, 1, 1), a=0.0, decision="ok", verdict="ok")
+        Observation(inspection_id=1, time=datetime(2024, 1, 1), a=0.0, decision="normal", verdict="ok")
     with pytest.raises(ValueError, match="verdict"):
-        Observation(inspection_id=1, time=T0, a=0.0, decision="anomaly", verdict="defect:")
+        Observation(inspection_id=1, time=T0, a=0.0, decision="anomalous", verdict="defect:")
     o = obs(1, flagged=True, verdict="defect:scratch")
     assert o.kind_label == "scratch" and obs(2, flagged=True).kind_label is None
 
@@ -302,9 +302,9 @@ def _mixed_stream(seed: int = 11) -> tuple[KnownKinds, list[Observation]]:
         shift = 1.5 if 1400 <= i < 2200 else 0.0
         o.a = rng.normal() + shift if not o.flagged else 5.0
         if 1600 <= i < 1700 and rng.random() < 0.15:
-            o.input_ok, o.a, o.decision, o.verdict, o.descriptor = False, math.nan, "ok", "ok", None
+            o.input_ok, o.a, o.decision, o.verdict, o.descriptor = False, math.nan, "normal", "ok", None
         if 2300 <= i < 2500 and rng.random() < 0.08:
-            o.decision, o.verdict, o.a = "anomaly", "defect:crack", 5.0
+            o.decision, o.verdict, o.a = "anomalous", "defect:crack", 5.0
     return known, stream
 
 
@@ -487,11 +487,11 @@ def test_mqtt_sink_publishes_alerts_and_verdicts(broker):
         assert subscribed.wait(WAIT), "subscriber not subscribed"
         sink = MqttSink("127.0.0.1", broker.port, topic_prefix="line1", qos=1)
         sink.deliver(_alert())  # before the asynchronous connect finished: queued, sent on connect
-        sink.publish_verdict({"inspection_id": 7, "decision": "anomaly", "verdict": "defect:scratch"})
+        sink.publish_verdict({"inspection_id": 7, "decision": "anomalous", "verdict": "defect:scratch"})
         assert sink.flush(WAIT) and sink.connected
         got = dict(received.get(timeout=WAIT) for _ in range(2))
         assert got["line1/alerts"] == _alert().to_dict()
-        assert got["line1/verdicts"] == {"inspection_id": 7, "decision": "anomaly", "verdict": "defect:scratch"}
+        assert got["line1/verdicts"] == {"inspection_id": 7, "decision": "anomalous", "verdict": "defect:scratch"}
         assert (sink.delivered, sink.failed) == (2, 0)
     finally:
         if sink is not None:

@@ -32,7 +32,7 @@ T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
 def inspection(**changes) -> InspectionRecord:
     values = {"source": "upload", "file_name": "f.png", "a": 0.1, "r": 0.2, "l": 0.3, "threshold": 0.5,
-              "decision": "ok", "verdict": "ok", "model_version": "g1", "created_at": T0}
+              "decision": "normal", "verdict": "ok", "model_version": "g1", "created_at": T0}
     return InspectionRecord(**{**values, **changes})
 
 
@@ -60,14 +60,14 @@ def test_every_field_round_trips(store: Store) -> None:
     plus2 = timezone(timedelta(hours=2))
     full = inspection(
         created_at=datetime(2025, 3, 1, 10, 30, 15, 123456, tzinfo=plus2), source="watch",
-        file_name="line 3/ünïcode.png", a=1.25, r=-0.5, l=3e-7, threshold=0.75, decision="anomaly",
+        file_name="line 3/ünïcode.png", a=1.25, r=-0.5, l=3e-7, threshold=0.75, decision="anomalous",
         verdict="defect:scratch", kind="scratch", confidence=0.875,
         regions=[{"box": [1, 2, 30, 40], "score": 0.9, "label": None}, {"box": [5, 5, 6, 6], "nested": {"k": [1]}}],
         supervised_version="s2", image_path="/img/a.png", map_path="/img/a_map.png",
         overlay_path="/img/a_overlay.png", timings_ms={"preprocess": 1.5, "model": 12.0},
         descriptor=[0.25, -1.0, 3.5], review_status="corrected", review_label="dent", reviewed_by="ana",
         reviewed_at=datetime(2025, 3, 2, 1, 2, 3, 4, tzinfo=UTC))
-    bare = inspection(verdict="unknown_anomaly", decision="anomaly")
+    bare = inspection(verdict="unknown_anomaly", decision="anomalous")
     full_id, bare_id = store.add_inspections([full, bare])
 
     got = store.get_inspection(full_id)
@@ -112,11 +112,11 @@ def test_a_failed_write_stores_nothing(store: Store) -> None:
 def _filter_fixture(store: Store) -> dict[str, int]:
     rows = {
         "ok_old": inspection(created_at=T0, a=0.1, source="watch"),
-        "scratch": inspection(created_at=T0 + timedelta(hours=1), a=0.9, decision="anomaly",
+        "scratch": inspection(created_at=T0 + timedelta(hours=1), a=0.9, decision="anomalous",
                               verdict="defect:scratch", kind="scratch", model_version="g2"),
-        "dent": inspection(created_at=T0 + timedelta(hours=2), a=0.8, decision="anomaly",
+        "dent": inspection(created_at=T0 + timedelta(hours=2), a=0.8, decision="anomalous",
                            verdict="defect:dent", kind="dent"),
-        "unknown": inspection(created_at=T0 + timedelta(hours=3), a=0.7, decision="anomaly",
+        "unknown": inspection(created_at=T0 + timedelta(hours=3), a=0.7, decision="anomalous",
                               verdict="unknown_anomaly", review_status="rejected"),
         "ok_new": inspection(created_at=T0 + timedelta(hours=4), a=0.0, review_status="confirmed"),
     }
@@ -131,7 +131,7 @@ FILTER_CASES = [
     (InspectionFilter(verdicts=["ok", "unknown_anomaly"]), {"ok_old", "unknown", "ok_new"}),
     (InspectionFilter(verdicts=[]), set()),
     (InspectionFilter(kinds=["dent", "scratch"]), {"scratch", "dent"}),
-    (InspectionFilter(decision="ok"), {"ok_old", "ok_new"}),
+    (InspectionFilter(decision="normal"), {"ok_old", "ok_new"}),
     (InspectionFilter(min_a=0.75), {"scratch", "dent"}),
     (InspectionFilter(max_a=0.1), {"ok_old", "ok_new"}),
     (InspectionFilter(min_a=0.0, max_a=0.0), {"ok_new"}),
@@ -139,7 +139,7 @@ FILTER_CASES = [
     (InspectionFilter(source="watch"), {"ok_old"}),
     (InspectionFilter(review_status="rejected"), {"unknown"}),
     (InspectionFilter(unreviewed_only=True), {"ok_old", "scratch", "dent"}),
-    (InspectionFilter(unreviewed_only=True, decision="anomaly", since=T0 + timedelta(hours=2)), {"dent"}),
+    (InspectionFilter(unreviewed_only=True, decision="anomalous", since=T0 + timedelta(hours=2)), {"dent"}),
     (InspectionFilter(since=datetime(2025, 3, 1, 11, 0, tzinfo=timezone(timedelta(hours=2)))),  # = 09:00 UTC
      {"scratch", "dent", "unknown", "ok_new"}),
 ]
@@ -173,7 +173,7 @@ def test_pages_cover_every_row_once_in_order(store: Store) -> None:
 
 
 def test_review(store: Store) -> None:
-    i = store.add_inspection(inspection(decision="anomaly", verdict="anomaly"))
+    i = store.add_inspection(inspection(decision="anomalous", verdict="anomaly"))
     before = datetime.now(UTC)
     assert store.review_inspection(i, "corrected", label="scratch", by="ana")
     got = store.get_inspection(i)
@@ -189,7 +189,7 @@ def test_stats_known_answer(store: Store) -> None:
     h1, h2 = T0, T0 + timedelta(hours=1)
     store.add_inspections(
         [inspection(created_at=h1 + timedelta(minutes=m)) for m in (0, 10, 59)]
-        + [inspection(created_at=h1 + timedelta(minutes=30), decision="anomaly", verdict="defect:scratch",
+        + [inspection(created_at=h1 + timedelta(minutes=30), decision="anomalous", verdict="defect:scratch",
                       kind="scratch")]
         + [inspection(created_at=h2 + timedelta(minutes=m)) for m in (5, 50)]
         + [inspection(created_at=h2 + timedelta(hours=1))])  # outside [since, until)
@@ -209,7 +209,7 @@ def test_stats_known_answer(store: Store) -> None:
 def test_export_csv(store: Store) -> None:
     ids = store.add_inspections([
         inspection(created_at=T0, file_name='odd, "name".png'),
-        inspection(created_at=T0 + timedelta(minutes=1), decision="anomaly", verdict="defect:dent", kind="dent",
+        inspection(created_at=T0 + timedelta(minutes=1), decision="anomalous", verdict="defect:dent", kind="dent",
                    regions=[{"box": [1, 2, 3, 4]}], descriptor=[0.5])])
     buffer = io.StringIO(newline="")
     assert store.export_csv(InspectionFilter(), buffer) == 2
@@ -294,6 +294,20 @@ def test_unfinished_files_survive_a_crash(store_url: str) -> None:
         with pytest.raises(sa.exc.IntegrityError):  # foreign keys are enforced on SQLite too
             reopened.finish_file("/in/d.png", 1, 2, inspection_id + 999, None)
         assert [f.path for f in reopened.unfinished_files()] == ["/in/d.png"]
+
+
+def test_a_files_inspection_and_its_finish_are_one_transaction(store: Store) -> None:
+    assert store.claim_file("/in/a.png", 10, 20)
+    inspection_id = store.add_file_inspection(inspection(file_name="a.png"), "/in/a.png", 10, 20)
+    assert store.get_inspection(inspection_id).file_name == "a.png"
+    assert store.is_processed("/in/a.png", 10, 20) and store.unfinished_files() == []
+    with pytest.raises(LookupError, match="never claimed"):
+        store.add_file_inspection(inspection(file_name="z.png"), "/in/z.png", 1, 2)
+    assert store.count_inspections() == 1  # the failed finish took its inspection with it
+    store.ping()
+    assert not store.has_alert("input:1")
+    store.add_alert(AlertRecord(key="input:1", rule="input_health", severity="warning", message="m"))
+    assert store.has_alert("input:1")
 
 
 # -- model versions --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-DECISIONS = ("ok", "anomaly")
+DECISIONS = ("normal", "anomalous")  # the calibrated decision (aoiflow.calibrate.verdict)
 SEVERITIES = ("info", "warning", "critical")
 _PLAIN_VERDICTS = ("ok", "anomaly", "unknown_anomaly")
 
@@ -27,7 +27,7 @@ def _check_aware(time: datetime, what: str) -> None:
 class Observation:
     """One inspected frame as the alert rules see it.
 
-    ``a`` is the anomaly score (higher = more anomalous); ``decision`` the calibrated decision;
+    ``a`` is the anomaly score (higher = more anomalous); ``decision`` the calibrated decision ("normal" or "anomalous");
     ``verdict`` one of "ok", "anomaly", "defect:<kind>", "unknown_anomaly"; ``descriptor`` a 1-D
     feature vector of a flagged part (e.g. latent code + region features); ``input_ok`` is False
     when the frame could not be read or preprocessed (then ``a`` may be NaN).
@@ -58,7 +58,7 @@ class Observation:
     @property
     def flagged(self) -> bool:
         """True when the calibrated decision called the part anomalous."""
-        return self.decision == "anomaly"
+        return self.decision == "anomalous"
 
     @property
     def kind_label(self) -> str | None:
@@ -76,7 +76,7 @@ class Observation:
     @property
     def passing(self) -> bool:
         """A readable part the decision let through, with a finite score."""
-        return self.input_ok and self.decision == "ok" and math.isfinite(self.a)
+        return self.input_ok and self.decision == "normal" and math.isfinite(self.a)
 
     def ref(self) -> str:
         """A stable reference for keys: the inspection id, or the time when there is none."""

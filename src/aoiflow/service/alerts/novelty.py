@@ -130,7 +130,7 @@ class KnownKinds:
 class NewAnomalyKind(Rule):
     """Alert when at least ``k`` novel flagged parts gather into one group (see the module doc).
 
-    Considers parts with decision "anomaly" and verdict "anomaly" or "unknown_anomaly" that carry
+    Considers parts with decision "anomalous" and verdict "anomaly" or "unknown_anomaly" that carry
     a descriptor; "defect:<kind>" verdicts were recognised by the defect-kind model and are skipped.
     ``window`` counts every observation; ``window_s`` (optional) also bounds the group's age.
     """

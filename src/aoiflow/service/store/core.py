@@ -86,6 +86,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.name!r})"
 
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database answers a trivial query now."""
+        with self._session() as session:
+            session.execute(sa.text("SELECT 1"))
+
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
@@ -121,6 +126,16 @@ class Store:
             session.add_all(rows)
             session.flush()
             return [row.id for row in rows]
+
+    def add_file_inspection(self, record: InspectionRecord, path: str, size: int, mtime_ns: int) -> int:
+        """Store the inspection of a claimed file and mark the file finished with it, in one
+        transaction: a crash leaves either both or neither, so the file is judged exactly once."""
+        with self._session(write=True) as session:
+            row = InspectionRow(**_values(record))
+            session.add(row)
+            session.flush()
+            self._finish(session, path, size, mtime_ns, row.id, None)
+            return row.id
 
     def get_inspection(self, inspection_id: int) -> InspectionRecord | None:
         with self._session() as session:
@@ -194,6 +209,11 @@ class Store:
         with self._session(write=True) as session:
             return self._insert_once(session, AlertRow, _values(record), ["key"])
 
+    def has_alert(self, key: str) -> bool:
+        """Whether an alert with this key was raised (the alert engine's ``already_raised``)."""
+        with self._session() as session:
+            return session.execute(sa.select(AlertRow.id).where(AlertRow.key == key)).first() is not None
+
     def list_alerts(self, unacknowledged_only: bool = False, limit: int = 100) -> list[AlertRecord]:
         """Alerts, newest first."""
         query = sa.select(AlertRow).order_by(AlertRow.created_at.desc(), AlertRow.id.desc()).limit(limit)
@@ -224,13 +244,18 @@ class Store:
                     error: str | None = None) -> None:
         """Mark a claimed file done, with its inspection or the error that stopped it."""
         with self._session(write=True) as session:
-            result = session.execute(
-                sa.update(ProcessedFileRow)
-                .where(ProcessedFileRow.path == str(path), ProcessedFileRow.size == size,
-                       ProcessedFileRow.mtime_ns == mtime_ns)
-                .values(finished_at=utcnow(), inspection_id=inspection_id, error=error))
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise LookupError(f"{path} (size {size}, mtime_ns {mtime_ns}) was never claimed")
+            self._finish(session, path, size, mtime_ns, inspection_id, error)
+
+    @staticmethod
+    def _finish(session: Session, path: str, size: int, mtime_ns: int, inspection_id: int | None,
+                error: str | None) -> None:
+        result = session.execute(
+            sa.update(ProcessedFileRow)
+            .where(ProcessedFileRow.path == str(path), ProcessedFileRow.size == size,
+                   ProcessedFileRow.mtime_ns == mtime_ns)
+            .values(finished_at=utcnow(), inspection_id=inspection_id, error=error))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LookupError(f"{path} (size {size}, mtime_ns {mtime_ns}) was never claimed")
 
     def unfinished_files(self) -> list[ProcessedFile]:
         """Files claimed but never finished (the process died mid-file), oldest claim first.

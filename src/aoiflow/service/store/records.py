@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-DECISIONS = ("ok", "anomaly")
+DECISIONS = ("normal", "anomalous")  # the calibrated decision (aoiflow.calibrate.verdict)
 REVIEW_STATUSES = ("confirmed", "corrected", "rejected")
 MODEL_KINDS = ("ganomaly", "supervised")
 _VERDICT = re.compile(r"^(ok|anomaly|unknown_anomaly|defect:.+)$")
