@@ -635,12 +635,34 @@ def supervise_test(
     typer.echo(f"report: {(out or sup / 'eval') / 'report.html'}")
 
 
+@supervise_app.command("export")
+def supervise_export(
+    sup: Path = typer.Argument(..., help="model folder written by `aoiflow supervise train` (or its model.pt)"),
+    out: Path = typer.Argument(..., help="output .onnx file"),
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Export the defect-kind model as ONNX (image -> class probabilities), classes and settings in the file."""
+    import torch
+
+    from aoiflow.export import ExportError
+    from aoiflow.supervised.export import export_supervised_onnx
+
+    if out.suffix.lower() != ".onnx":
+        _fail(ExportError(f"{out}: the exported model is written as a .onnx file"))
+    torch.set_num_threads(threads or DEFAULT_THREADS)
+    try:
+        path = export_supervised_onnx(sup, out)
+    except _supervised_errors() as exc:
+        _fail(exc)
+    typer.echo(f"exported -> {path} (use it as `--supervised {path}` wherever a SUP folder is taken)")
+
+
 @app.command()
 def serve(
     run: Path = typer.Option(..., "--run", help="run folder written by `aoiflow train`, or an exported .onnx/.xml model"),
-    supervised: Optional[Path] = typer.Option(None, "--supervised", help="the defect-kind model for two-stage "
-                                                                        "verdicts (recorded; used once the "
-                                                                        "Inspector takes one)"),
+    supervised: Optional[Path] = typer.Option(None, "--supervised", help="the defect-kind model from `aoiflow "
+                                                                        "supervise train`: verdicts ok, "
+                                                                        "defect:<kind> or unknown_anomaly"),
     db: Optional[str] = typer.Option(None, "--db", help="database URL, e.g. postgresql+psycopg://user:pw@host/db "
                                                         "(default sqlite:///DATA_DIR/aoiflow.db)"),
     data_dir: Path = typer.Option(Path("aoiflow-line"), "--data-dir", help="folder for images, overlays, the retry "
@@ -671,7 +693,7 @@ def serve(
     import uvicorn
 
     from aoiflow.service.app import create_app
-    from aoiflow.service.pipeline import default_loader, supervised_supported
+    from aoiflow.service.pipeline import default_loader
     from aoiflow.service.settings import ServiceSettings
 
     _short_warnings()
@@ -683,15 +705,12 @@ def serve(
             threads=threads or DEFAULT_THREADS, max_pixels=max_pixels)
     except pydantic.ValidationError as exc:
         _fail(ConfigError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())))
-    if supervised is not None and not supervised_supported():
-        typer.secho(f"note: this aoiflow's Inspector takes no supervised model yet; {supervised} is recorded but "
-                    "verdicts come from GANomaly alone", fg=typer.colors.YELLOW, err=True)
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: listening on {host} without --token: anyone who can reach it may upload, review and "
                     "switch models", fg=typer.colors.YELLOW, err=True)
     try:
         _limit_pixels(max_pixels)
-        inspector = default_loader(settings)(run, supervised if supervised_supported() else None)
+        inspector = default_loader(settings)(run, supervised)
     except _known_errors() as exc:
         _fail(exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,17 +13,23 @@ until the supervised model supplies a learned one, six numbers pooled from the a
 (the pixel threshold is the run's calibrated one, or half the map scale for runs without it;
 regions are connected areas over it of at least 4 model-input pixels, as ``aoiflow prelabel``
 finds them). Anomalous parts whose Inspector gives no regions get these map regions in the
-verdict's ``regions`` (kind ``"anomaly"``, largest first, at most ``MAX_REGIONS``).
+verdict's ``regions`` (kind ``"anomaly"``, largest first, at most ``MAX_REGIONS``, each with its
+outline as ``"polygon"``), or, when no map pixel is over the pixel threshold, relaxed pre-labels
+(``prelabel_regions``: the map's top 1 %, ``"relaxed": true``), so the review queue always has an
+outline to confirm or correct.
+
+Every verdict, alert and unreadable frame is also published on ``Line.events`` (``EventHub``),
+which the API streams to the operator pages as server-sent events.
 """
 
 from __future__ import annotations
 
-import inspect as pyinspect
 import json
 import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +69,8 @@ from .worker import InferenceWorker
 log = logging.getLogger(__name__)
 
 MAX_REGIONS = 20
+MAX_PRELABELS = 5       # relaxed pre-labels kept per part
+RELAXED_TOP = 0.01      # share of the map's pixels relaxed pre-labels start from
 ALERT_STATE = "alert_state.json"
 SAVE_STATE_EVERY = 100  # observations between saves of the alert rules' state
 DESCRIPTOR_FIELDS = ("a", "r", "l", "area_share", "regions", "map_max")
@@ -90,23 +98,11 @@ class FileKey:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def supervised_supported() -> bool:
-    """Whether this aoiflow's ``Inspector.load`` takes a supervised (defect-kind) model."""
-    return "supervised" in pyinspect.signature(Inspector.load).parameters
-
-
 def default_loader(settings: ServiceSettings) -> Loader:
-    """``Inspector.load`` with the service's threshold and threads; the supervised model is
-    passed on where the Inspector accepts one, else only recorded (with a warning)."""
+    """``Inspector.load`` with the service's threshold and threads, and the supervised
+    (defect-kind) model for the two-stage verdict when one is given."""
     def load(run: Path, supervised: Path | None = None) -> Inspector:
-        kwargs: dict[str, Any] = {}
-        if supervised is not None:
-            if supervised_supported():
-                kwargs["supervised"] = supervised
-            else:
-                log.warning("the Inspector of this aoiflow takes no supervised model yet: %s is recorded, "
-                            "verdicts come from GANomaly alone", supervised)
-        return Inspector.load(run, settings.threshold, threads=settings.threads, **kwargs)
+        return Inspector.load(run, settings.threshold, threads=settings.threads, supervised=supervised)
     return load
 
 
@@ -121,9 +117,113 @@ def describe_map(pred: Prediction, inspector: Inspector) -> tuple[list[float], l
                            pixels_per_model_pixel=amap.size / size**2)
     descriptor = [pred.a, pred.r, pred.l, float((amap > pixel_threshold).mean()), float(len(regions)),
                   float(amap.max()) / inspector.map_scale]
-    boxes = [{"kind": "anomaly", "confidence": None, "box": [int(v) for v in r.box], "area": int(r.area),
-              "max_score": float(r.max_score)} for r in regions[:MAX_REGIONS]]
-    return [float(v) if math.isfinite(v) else 0.0 for v in descriptor], boxes
+    return [float(v) if math.isfinite(v) else 0.0 for v in descriptor], region_dicts(regions[:MAX_REGIONS])
+
+
+def region_dicts(regions: list[Any], relaxed: bool = False) -> list[dict[str, Any]]:
+    """``regions.Region`` objects as the verdict's region records: kind "anomaly", box, area, max
+    score and the outline ``polygon`` ([[x, y], ...], pixel centres at integers, as ``Region``)."""
+    out = []
+    for r in regions:
+        d = {"kind": "anomaly", "confidence": None, "box": [int(v) for v in r.box], "area": int(r.area),
+             "max_score": float(r.max_score), "polygon": [[round(float(x), 2), round(float(y), 2)] for x, y in r.polygon]}
+        if relaxed:
+            d["relaxed"] = True
+        out.append(d)
+    return out
+
+
+def prelabel_regions(pred: Prediction, inspector: Inspector) -> list[dict[str, Any]]:
+    """Pre-labels for a flagged part whose map has no region over the pixel threshold: the top
+    ``RELAXED_TOP`` of the map's pixels, closed over one model pixel so a defect's fragments join,
+    in regions of at least 4 model-input pixels, largest first, at most ``MAX_PRELABELS``.
+
+    Weaker evidence than regions over the calibrated threshold (marked ``"relaxed": true``), but
+    a reviewer corrects an outline faster than drawing one (benchmarks/labelling_speed.py)."""
+    import numpy as np
+
+    from aoiflow.regions import RegionSettings, find_regions
+
+    amap = np.nan_to_num(np.asarray(pred.anomaly_map, dtype=np.float64), nan=-np.inf)
+    if amap.size == 0 or not np.isfinite(amap).any():
+        return []
+    size = inspector.config.model.image_size
+    per_model_pixel = amap.size / size**2
+    threshold = float(np.quantile(amap[np.isfinite(amap)], 1.0 - RELAXED_TOP))
+    settings = RegionSettings(threshold=threshold, min_area=4.0, closing=max(1, round(math.sqrt(per_model_pixel))))
+    regions = find_regions(amap, settings, pixels_per_model_pixel=per_model_pixel)
+    return region_dicts(regions[:MAX_PRELABELS], relaxed=True)
+
+
+class EventHub:
+    """Live events for the operator pages (``GET /api/v1/events``, server-sent events).
+
+    ``publish`` may be called from any thread (the inference thread, alert sinks); each open stream
+    is a ``Subscription`` with its own bounded queue on its event loop, so a slow browser only
+    loses its own events (``lagged``), never slows the line. The last ``keep`` events stay, so a
+    stream that reconnects with the id of the last event it saw (Last-Event-ID) misses none."""
+
+    def __init__(self, keep: int = 256, per_subscriber: int = 256) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._recent: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=keep)
+        self._subs: set[Subscription] = set()
+        self._per_subscriber = per_subscriber
+
+    def publish(self, kind: str, data: dict[str, Any]) -> int:
+        """Send an event to every open stream; its id."""
+        with self._lock:
+            self._seq += 1
+            event = (self._seq, kind, data)
+            self._recent.append(event)
+            subs = list(self._subs)
+        for sub in subs:
+            sub.offer(event)
+        return event[0]
+
+    def subscribe(self, last_id: int | None = None) -> Subscription:
+        """A new stream (call on its event loop), first given the kept events after ``last_id``."""
+        import asyncio
+
+        sub = Subscription(asyncio.get_running_loop(), self._per_subscriber)
+        with self._lock:
+            if last_id is not None:
+                for event in self._recent:
+                    if event[0] > last_id:
+                        sub._put(event)
+            self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+
+class Subscription:
+    """One open event stream: an asyncio queue fed from other threads."""
+
+    def __init__(self, loop: Any, size: int) -> None:
+        import asyncio
+
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue(maxsize=size)
+        self.lagged = 0
+
+    def offer(self, event: tuple[int, str, dict[str, Any]]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._put, event)
+        except RuntimeError:  # the stream's loop has closed
+            pass
+
+    def _put(self, event: tuple[int, str, dict[str, Any]]) -> None:
+        if self.queue.full():
+            self.lagged += 1
+            return
+        self.queue.put_nowait(event)
 
 
 def _ms(seconds: float) -> float:
@@ -146,6 +246,7 @@ class Line:
         self.mqtt: MqttSink | None = None
         self.worker: InferenceWorker | None = None
         self.watcher: Any = None
+        self.events = EventHub()
         self._models: dict[str, dict[str, Any]] = {}  # version -> registration not yet in the store
         self._observed = 0
         self._down_until = 0.0  # until then the database counts as away: records go straight to the spool
@@ -332,13 +433,16 @@ class Line:
                              kind=alert.kind, evidence=[int(i) for i in alert.evidence],
                              details=json_safe(alert.details), created_at=alert.time)
         self.metrics.alerts.labels(alert.rule).inc()
+        event = {k: v for k, v in record_to_json(record).items() if k not in ("details",)}
         if not self._database_away():
             try:
-                self.store.get().add_alert(record)
+                event["id"] = self.store.get().add_alert(record)
+                self.events.publish("alert", event)
                 return
             except StoreUnavailable as exc:
                 self._went_away(exc)
         self._spool({"type": "alert", "record": record_to_json(record)})
+        self.events.publish("alert", event)
 
     def _already_raised(self, key: str) -> bool:
         if self._database_away():
@@ -386,6 +490,8 @@ class Line:
             overlay_png(pred.original, pred.anomaly_map, inspector.map_scale, overlay)
         descriptor, map_regions = describe_map(pred, inspector)
         regions = pred.regions or (map_regions if anomalous else [])
+        if anomalous and not regions:
+            regions = prelabel_regions(pred, inspector)
         kept = time.perf_counter()
         timings = {"upload": _ms(upload_s), "queue": _ms(waited_s), "inference": _ms(inferred - started),
                    "files": _ms(kept - inferred)}
@@ -404,6 +510,7 @@ class Line:
         result["timings_ms"] = {**timings, "store": _ms(stored - kept), "total": _ms(upload_s + waited_s + stored - started)}
         result["alerts"] = [a.key for a in alerts]
         self._publish(result)
+        self.events.publish("inspection", result)
         m = self.metrics
         m.inspections.labels(record.verdict, source).inc()
         m.latency.labels("inference").observe(inferred - started)
@@ -440,6 +547,7 @@ class Line:
                 self._spool({"type": "file_error", "file": claimed.to_json(), "error": pred.reason})
         self._observe(Observation(inspection_id=None, time=now, a=math.nan, decision="normal", verdict="ok",
                                   input_ok=False, evidence={"reason": pred.reason}))
+        self.events.publish("input_error", {"kind": kind, "reason": pred.reason, "created_at": now.isoformat()})
         # The path is the service's temporary file: name the problem, not our file.
         raise InspectionFailed(kind, pred.reason)
 
