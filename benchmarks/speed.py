@@ -8,6 +8,17 @@ graph's GFLOPs per frame and the GFLOP/s achieved, next to this CPU's fp32 peak;
 every path on the run's test set. With --reference-width it also times untrained networks of
 that width (the DCGAN reference is 64), which gives speed only. Finally the frame-to-verdict path
 for a 1280x1024 frame: decode a PNG, grey, resize, score. Threads: 2.
+
+The two-stage verdict (GANomaly, then the supervised defect-kind model), against the line's 30 ms:
+
+    .venv/bin/python benchmarks/speed.py --two-stage --runs RUN --sup SUP  [--data DATA] [--frames 200]
+
+times one decoded frame through ``Inspector``'s own path (model input, GANomaly scoring, map,
+decision; then the supervised probabilities and the verdict rule) with and without the supervised
+model, interleaved call by call so both see the same load; median ms, the ratio and the 30 ms line
+budget, for PyTorch and for both models exported to ONNX Runtime. Without --runs / --sup it trains
+tiny ones (1 epoch / 20 steps: weights do not change the time) at the reference sizes on a
+generated surface set.
 """
 
 from __future__ import annotations
@@ -137,17 +148,144 @@ def frame_to_verdict(run: Path, workdir: Path, calls: int, data_root: Path | Non
     return out
 
 
+LINE_BUDGET_MS = 30.0  # the line's time per part, frame to verdict
+
+
+def _tiny_two_stage(workdir: Path, args: argparse.Namespace, run: Path | None,
+                    sup: Path | None) -> tuple[Path, Path, Path]:
+    """(run, supervised model, data root): the given ones, or tiny ones trained here on a generated
+    surface set (timing only: 1 epoch / 20 steps, at the reference sizes unless told otherwise)."""
+    from aoiflow.config import build_config
+    from aoiflow.supervised.config import build_supervised_config
+    from aoiflow.supervised.train import fit_supervised
+    from aoiflow.synth import make_surface_dataset
+    from aoiflow.train import fit
+
+    root = args.data
+    if root is None and run is not None and TrainedModel.load(run).data_root:
+        root = Path(TrainedModel.load(run).data_root)
+    if root is None or (sup is None and not (Path(root) / "ground_truth").is_dir()):
+        root = make_surface_dataset(workdir / "surfaces", n_train=24, n_test_good=6, n_per_defect=6,
+                                    size=max(128, args.tiny_image_size))
+    if run is None:
+        cfg = build_config(None, overrides={"model": {"image_size": args.tiny_image_size,
+                                                      "base_width": args.tiny_base_width},
+                                            "train": {"epochs": args.tiny_epochs, "threads": args.threads}})
+        fit(root, workdir / "tiny-run", cfg, progress=False)
+        run = workdir / "tiny-run"
+    if sup is None:
+        scfg = build_supervised_config(overrides={"model": {"image_size": args.tiny_sup_size},
+                                                  "train": {"steps": args.tiny_steps, "threads": args.threads,
+                                                            "eval_every": args.tiny_steps}})
+        fit_supervised(root, workdir / "tiny-sup", scfg, progress=False)
+        sup = workdir / "tiny-sup"
+    return run, sup, Path(root)
+
+
+def two_stage_timing(run: Path, sup: Path, root: Path | None, workdir: Path, calls: int,
+                     threads: int) -> list[dict]:
+    """Frame to verdict on decoded frames, GANomaly alone vs two-stage, through ``Inspector._flush``
+    (the path ``predict_files`` takes after reading a file): model input, scoring, the map at
+    the image size, the decision, and with the supervised model its probabilities and the rule.
+    Calls alternate between the two so load on the machine hits both alike."""
+    from aoiflow.predict import Inspector
+    from aoiflow.supervised.export import export_supervised_onnx
+
+    images = []
+    if root is not None:
+        samples = data.test_samples(root)
+        picked = [s for s in samples if s.label == 0][:4] + [s for s in samples if s.label == 1][:4]
+        images = [(s.path, data.read_image(s.path)) for s in picked]
+    if not images:  # no data: random frames at twice the model size (the time barely depends on content)
+        s = 2 * TrainedModel.load(run).config.model.image_size
+        images = [(Path(f"random{i}.png"), np.random.default_rng(i).random((s, s, 1), dtype=np.float32))
+                  for i in range(4)]
+    paths = {"torch": (run, sup)}
+    paths["onnxruntime fp32"] = (export_onnx(run, workdir / "two-stage-run.onnx"),
+                                 sup if Path(sup).suffix == ".onnx" else
+                                 export_supervised_onnx(sup, workdir / "two-stage-sup.onnx"))
+    rows = []
+    for name, (scorer, supervised) in paths.items():
+        two = Inspector.load(scorer, threads=threads, supervised=supervised)
+        one = Inspector(two.backend)  # the same GANomaly backend, no second stage
+        size, channels = two.config.model.image_size, two.channels
+        frames = [(p, data.to_channels(img, channels)) for p, img in images]
+
+        def judge(inspector, k, frames=frames, channels=channels, size=size):
+            path, image = frames[k % len(frames)]
+            x = data.to_model_input(image, channels, size)
+            return next(iter(inspector._flush([(path, x, image, None)])))
+
+        for k in range(5):  # warm-up
+            judge(one, k), judge(two, k)
+        t_one, t_two, verdicts = [], [], {}
+        for k in range(calls):
+            for inspector, times in ((one, t_one), (two, t_two)) if k % 2 == 0 else ((two, t_two), (one, t_one)):
+                t0 = time.perf_counter()
+                pred = judge(inspector, k)
+                times.append((time.perf_counter() - t0) * 1000)
+                if inspector is two:
+                    verdicts[pred.verdict] = verdicts.get(pred.verdict, 0) + 1
+        ms1, ms2 = statistics.median(t_one), statistics.median(t_two)
+        rows.append(dict(path=name, ganomaly_ms=ms1, two_stage_ms=ms2, second_stage_ms=ms2 - ms1, ratio=ms2 / ms1,
+                         budget_ms=LINE_BUDGET_MS, within_budget=ms2 <= LINE_BUDGET_MS, calls=calls,
+                         threads=threads, ganomaly_size=size, supervised_size=two.supervised.image_size,
+                         frame_hw=list(frames[0][1].shape[:2]), verdicts=verdicts, run=str(scorer),
+                         supervised=str(supervised)))
+    return rows
+
+
+def print_two_stage(rows: list[dict]) -> None:
+    r0 = rows[0]
+    print(f"\nframe to verdict, one decoded frame (first {r0['frame_hw'][1]}x{r0['frame_hw'][0]} px), GANomaly "
+          f"{r0['ganomaly_size']} px, supervised {r0['supervised_size']} px, threads {r0['threads']}, median of "
+          f"{r0['calls']} interleaved calls; line budget {LINE_BUDGET_MS:.0f} ms")
+    print("| path | GANomaly alone ms | two-stage ms | second stage ms | ratio | budget 30 ms | verdicts seen |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        seen = ", ".join(f"{v} {n}" for v, n in sorted(r["verdicts"].items()))
+        print(f"| {r['path']} | {r['ganomaly_ms']:.2f} | {r['two_stage_ms']:.2f} | {r['second_stage_ms']:.2f} | "
+              f"{r['ratio']:.2f}x | {'within' if r['within_budget'] else 'OVER'} ({r['two_stage_ms']:.1f} of "
+              f"{LINE_BUDGET_MS:.0f}) | {seen} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="+", type=Path, required=True)
+    ap.add_argument("--runs", nargs="+", type=Path, default=None, help="trained runs (required unless --two-stage)")
     ap.add_argument("--data", type=Path, default=None, help="data root, for runs that do not record theirs")
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--reference-width", type=int, default=64)
     ap.add_argument("--batches", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--frame-only", action="store_true", help="only the frame-to-verdict timings")
+    two = ap.add_argument_group("two-stage verdict (--two-stage)")
+    two.add_argument("--two-stage", action="store_true", help="time GANomaly + supervised model + verdict rule per "
+                                                               "frame against GANomaly alone, and stop")
+    two.add_argument("--sup", type=Path, default=None, help="supervised model (SUP folder, model.pt or exported "
+                                                            ".onnx); default: a tiny one trained here")
+    two.add_argument("--threads", type=int, default=THREADS, help=f"threads for the two-stage timing ({THREADS})")
+    two.add_argument("--tiny-image-size", type=int, default=128, help="GANomaly size of a tiny run trained here")
+    two.add_argument("--tiny-base-width", type=int, default=32, help="GANomaly width of a tiny run trained here")
+    two.add_argument("--tiny-sup-size", type=int, default=128, help="size of a tiny supervised model trained here")
+    two.add_argument("--tiny-epochs", type=int, default=1)
+    two.add_argument("--tiny-steps", type=int, default=20)
+    two.add_argument("--json", type=Path, default=None, help="also write the two-stage rows as JSON here")
     args = ap.parse_args()
+    if not args.runs and not args.two_stage:
+        ap.error("--runs is required (or --two-stage, which trains tiny models when no run is given)")
     torch.set_num_threads(THREADS)
     workdir = Path(tempfile.mkdtemp(prefix="aoiflow-speed-"))
+
+    if args.two_stage:
+        torch.set_num_threads(args.threads)
+        given = args.runs[0] if args.runs else None
+        run, sup, root = _tiny_two_stage(workdir, args, given, args.sup)
+        rows = two_stage_timing(run, sup, root, workdir, args.frames, args.threads)
+        print_two_stage(rows)
+        if args.json:
+            import json
+
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
 
     rows = []
     for run in args.runs:

@@ -23,6 +23,7 @@ from aoiflow.fileio import CsvAppender, atomic_write, file_digest, output_stems
 from aoiflow.preprocess import SkippedFrame, frame_model_input
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.supervised.model import SupervisedModel
+from aoiflow.supervised.export import load_supervised
 from aoiflow.calibrate import combined_score, verdict
 
 PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map",
@@ -104,7 +105,7 @@ class Inspector:
         ``aoiflow supervise train`` (or its model.pt) for the two-stage verdict."""
         source = Path(source)
         torch.set_num_threads(threads)
-        sup = SupervisedModel.load(supervised) if supervised is not None else None
+        sup = load_supervised(supervised, threads) if supervised is not None else None
         if source.suffix in (".onnx", ".xml"):
             return cls(_OnnxBackend(source, threads, precision), threshold, sup)
         return cls(_TorchBackend(TrainedModel.load(source)), threshold, sup)
