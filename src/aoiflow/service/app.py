@@ -16,17 +16,26 @@ Endpoints (the versioned API under /api/v1; OpenAPI docs at /docs):
     POST /api/v1/alerts/{id}/ack              {by}
     GET  /api/v1/models                       registered versions and the active one
     POST /api/v1/models/activate              {run, supervised}: swap the model between inspections
+    GET  /api/v1/events                       server-sent events: inspection, alert, input_error
+    GET  /api/v1/events/state                 the last event's id (a page resumes its stream after it)
     GET  /healthz  /readyz  /metrics
+
+The operator pages (/, /inspections, /review, /labels, /alerts, /models) and the API they use
+beyond this one (review actions and labels, label export, training jobs, Label Studio) are
+``aoiflow.service.ui``, mounted here.
 
 Everything stateful lives on ``app.state.line`` (``pipeline.Line``), made by the lifespan: no
 module globals, so two apps (two lines, or tests) live side by side in one process. Writes need
-``Authorization: Bearer <token>`` when a token is set, reads too with ``read_token``.
+``Authorization: Bearer <token>`` when a token is set, reads too with ``read_token`` (for reads
+the token may also come as the ``aoiflow_token`` cookie, which the pages set: a browser's page
+loads, images and event stream cannot send headers; writes always need the header).
 """
 
 
 import asyncio
 import hmac
 import io
+import json
 import logging
 import mimetypes
 import queue
@@ -37,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -56,6 +65,12 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 MAX_SOURCE = 200
 STORE_RETRY_AFTER_S = 5
+TOKEN_COOKIE = "aoiflow_token"  # the read token as the pages send it (see the module docstring)
+# An event stream ends after this long and the browser reconnects at once, resuming after the last
+# event it saw: a server shutting down waits for open responses, and would wait forever on a page.
+EVENTS_STREAM_S = 15.0
+EVENTS_PING_S = 5.0     # a comment line this often keeps proxies from closing an idle stream
+EVENTS_RETRY_MS = 500   # how soon the browser reconnects
 
 
 # -- request and response bodies -------------------------------------------------------------
@@ -104,6 +119,8 @@ class VerdictOut(BaseModel):
     review_label: str | None = None
     reviewed_by: str | None = None
     reviewed_at: datetime | None = None
+    reviewed_regions: list[dict[str, Any]] | None = Field(None, description="the regions a review left "
+                                                                            "([] for a part reviewed normal)")
 
 
 _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -262,8 +279,12 @@ def create_app(settings: ServiceSettings, *, inspector: Any = None, loader: Load
     def write_access(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         _check(credentials)
 
-    def read_access(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def read_access(request: Request,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if settings.read_token:
+            cookie = request.cookies.get(TOKEN_COOKIE)
+            if credentials is None and cookie:
+                credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=cookie)
             _check(credentials)
 
     @app.exception_handler(StoreUnavailable)
@@ -448,5 +469,47 @@ def create_app(settings: ServiceSettings, *, inspector: Any = None, loader: Load
             return _problem(422, f"cannot load {body.run}: {exc}")
         return JSONResponse({"active": active, "previous": previous})
 
+    # -- live events -----------------------------------------------------------------------
+
+    @api.get("/events/state", tags=["live"], dependencies=[Depends(read_access)])
+    def events_state(request: Request) -> dict[str, int]:
+        """The id of the last event published (a page rendered now streams from after it)."""
+        hub = _line(request).events
+        return {"last_id": hub.last_id, "subscribers": hub.subscribers}
+
+    @api.get("/events", tags=["live"], dependencies=[Depends(read_access)], response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(request: Request, after: Annotated[int | None, Query(ge=0)] = None,
+                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+        """Server-sent events as the line works: ``inspection`` (the verdict as POST /inspect
+        answers it), ``alert`` and ``input_error``, each with an ``id`` to resume from (the
+        browser's Last-Event-ID, else ``after``). A stream ends after a few seconds and the
+        browser reconnects at once, missing nothing that happened meanwhile."""
+        hub = _line(request).events
+        resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        loop = asyncio.get_running_loop()
+
+        async def stream():
+            sub = hub.subscribe(resume)
+            try:
+                yield f"retry: {EVENTS_RETRY_MS}\n\n".encode()
+                deadline = loop.time() + EVENTS_STREAM_S
+                while (left := deadline - loop.time()) > 0:
+                    try:
+                        seq, kind, data = await asyncio.wait_for(sub.queue.get(), min(left, EVENTS_PING_S))
+                    except TimeoutError:
+                        yield b": ping\n\n"
+                        continue
+                    yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+            finally:
+                hub.unsubscribe(sub)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     app.include_router(api)
+
+    from .ui import mount_ui  # the operator pages, their API, their static files
+
+    mount_ui(app, read_access, write_access)
     return app

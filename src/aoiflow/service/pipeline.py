@@ -138,8 +138,10 @@ def prelabel_regions(pred: Prediction, inspector: Inspector) -> list[dict[str, A
     ``RELAXED_TOP`` of the map's pixels, closed over one model pixel so a defect's fragments join,
     in regions of at least 4 model-input pixels, largest first, at most ``MAX_PRELABELS``.
 
-    Weaker evidence than regions over the calibrated threshold (marked ``"relaxed": true``), but
-    a reviewer corrects an outline faster than drawing one (benchmarks/labelling_speed.py)."""
+    Weaker evidence than regions over the calibrated threshold (marked ``"relaxed": true``): an
+    outline to confirm or delete rather than nothing. Whether it saves a reviewer work depends on
+    the run (benchmarks/labelling_speed.py measures it: with a tiny run and runs/tile128 on the
+    tile set it did not, as these outlines seldom overlapped the defect)."""
     import numpy as np
 
     from aoiflow.regions import RegionSettings, find_regions
@@ -201,6 +203,10 @@ class EventHub:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+    @property
+    def last_id(self) -> int:
+        return self._seq
 
 
 class Subscription:

@@ -7,7 +7,14 @@ PostgreSQL by URL; schema by the alembic migrations in ``aoiflow/service/migrati
 
 from .core import Store
 from .engine import StoreUnavailable
-from .records import AlertRecord, InspectionFilter, InspectionRecord, ModelVersionRecord, ProcessedFile
+from .records import (
+    AlertRecord,
+    InspectionFilter,
+    InspectionRecord,
+    ModelVersionRecord,
+    ProcessedFile,
+    ReviewActionRecord,
+)
 
 __all__ = ["AlertRecord", "InspectionFilter", "InspectionRecord", "ModelVersionRecord", "ProcessedFile",
-           "Store", "StoreUnavailable"]
+           "ReviewActionRecord", "Store", "StoreUnavailable"]

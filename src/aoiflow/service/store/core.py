@@ -27,9 +27,10 @@ from .records import (
     InspectionRecord,
     ModelVersionRecord,
     ProcessedFile,
+    ReviewActionRecord,
     utcnow,
 )
-from .tables import AlertRow, Base, InspectionRow, ModelVersionRow, ProcessedFileRow
+from .tables import AlertRow, Base, InspectionRow, ModelVersionRow, ProcessedFileRow, ReviewActionRow
 
 R = TypeVar("R")
 _STREAM_BATCH = 500  # rows fetched at a time when exporting or counting statistics
@@ -172,6 +173,73 @@ class Store:
                 sa.update(InspectionRow).where(InspectionRow.id == inspection_id)
                 .values(review_status=status, review_label=label, reviewed_by=by, reviewed_at=utcnow()))
             return result.rowcount == 1  # type: ignore[attr-defined]
+
+    # -- reviews with regions (revision 0002) ------------------------------------------------
+
+    def save_review(self, inspection_id: int, status: str, regions: list[dict[str, Any]] | None,
+                    action: ReviewActionRecord | None = None, label: str | None = None,
+                    by: str | None = None) -> bool:
+        """Record a review with the regions it left (``[]``: the part is normal) and, in the same
+        transaction, the action that ended it; False when there is no such inspection."""
+        if status not in REVIEW_STATUSES:
+            raise ValueError(f"status must be one of {REVIEW_STATUSES}, got {status!r}")
+        with self._session(write=True) as session:
+            result = session.execute(
+                sa.update(InspectionRow).where(InspectionRow.id == inspection_id)
+                .values(review_status=status, review_label=label, reviewed_by=by, reviewed_at=utcnow(),
+                        reviewed_regions=regions))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if action is not None:
+                session.add(ReviewActionRow(**_values(action)))
+            return True
+
+    def add_review_action(self, action: ReviewActionRecord) -> int | None:
+        """Keep one review action; its id, or None when there is no such inspection."""
+        with self._session(write=True) as session:
+            if session.get(InspectionRow, action.inspection_id) is None:
+                return None
+            row = ReviewActionRow(**_values(action))
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def list_review_actions(self, inspection_id: int | None = None, limit: int = 1000) -> list[ReviewActionRecord]:
+        """Review actions, oldest first (of one inspection, or of all)."""
+        query = sa.select(ReviewActionRow).order_by(ReviewActionRow.at, ReviewActionRow.id).limit(limit)
+        if inspection_id is not None:
+            query = query.where(ReviewActionRow.inspection_id == inspection_id)
+        with self._session() as session:
+            return [_record(row, ReviewActionRecord) for row in session.scalars(query)]
+
+    @staticmethod
+    def _queue_conditions() -> list[sa.ColumnElement[bool]]:
+        return inspections.conditions(InspectionFilter(decision="anomalous", unreviewed_only=True))
+
+    def review_queue(self, limit: int = 50, offset: int = 0) -> list[InspectionRecord]:
+        """Flagged, unreviewed inspections, most uncertain first: smallest |A - threshold|, then
+        newest (a label there teaches the most)."""
+        row = InspectionRow
+        query = (sa.select(row).where(*self._queue_conditions())
+                 .order_by(sa.func.abs(row.a - row.threshold), row.created_at.desc(), row.id.desc())
+                 .limit(limit).offset(offset))
+        with self._session() as session:
+            return [_record(r, InspectionRecord) for r in session.scalars(query)]
+
+    def count_review_queue(self) -> int:
+        with self._session() as session:
+            query = sa.select(sa.func.count()).select_from(InspectionRow).where(*self._queue_conditions())
+            return session.execute(query).scalar_one()
+
+    def reviewed_inspections(self, limit: int | None = None) -> list[InspectionRecord]:
+        """Every reviewed inspection (any status), oldest review first."""
+        row = InspectionRow
+        query = (sa.select(row).where(row.review_status.is_not(None))
+                 .order_by(row.reviewed_at, row.id).execution_options(yield_per=_STREAM_BATCH))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as session:
+            return [_record(r, InspectionRecord) for r in session.scalars(query)]
 
     def stats(self, since: datetime | None = None, until: datetime | None = None,
               bucket: str = "hour") -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 DECISIONS = ("normal", "anomalous")  # the calibrated decision (aoiflow.calibrate.verdict)
 REVIEW_STATUSES = ("confirmed", "corrected", "rejected")
+_ACTION = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 MODEL_KINDS = ("ganomaly", "supervised")
 _VERDICT = re.compile(r"^(ok|anomaly|unknown_anomaly|defect:.+)$")
 
@@ -72,6 +73,9 @@ class InspectionRecord:
     review_label: str | None = None
     reviewed_by: str | None = None
     reviewed_at: datetime | None = None
+    # The regions a review left ({"kind", "polygon": [[x, y], ...], "box", "area"}; [] for a part
+    # reviewed normal), None when the review gave none (or there was no review).
+    reviewed_regions: list[dict[str, Any]] | None = None
     id: int | None = None
     created_at: datetime = field(default_factory=utcnow)
 
@@ -112,6 +116,26 @@ class InspectionFilter:
         check_aware("until", self.until)
         _check_choice("decision", self.decision, DECISIONS, optional=True)
         _check_choice("review_status", self.review_status, REVIEW_STATUSES, optional=True)
+
+
+@dataclass(kw_only=True)
+class ReviewActionRecord:
+    """One action of a review: ``action`` a short snake_case name (accept, mark_normal,
+    delete_region, move_vertex, add_box, rename_region, ...), ``payload`` what it changed."""
+
+    inspection_id: int
+    action: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    by: str | None = None
+    id: int | None = None
+    at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if not _ACTION.match(self.action or ""):
+            raise ValueError(f"action must be a snake_case name of at most 40 characters, got {self.action!r}")
+        if not isinstance(self.payload, dict):
+            raise TypeError(f"payload must be a dict, got {type(self.payload).__name__}")
+        check_aware("at", self.at)
 
 
 @dataclass(kw_only=True)

@@ -84,6 +84,21 @@ class InspectionRow(Base):
     review_label: Mapped[str | None]
     reviewed_by: Mapped[str | None]
     reviewed_at: Mapped[datetime | None]
+    reviewed_regions: Mapped[list[Any] | None]  # the regions a review left (revision 0002)
+
+
+class ReviewActionRow(Base):
+    """One action of an operator's review (revision 0002)."""
+
+    __tablename__ = "review_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    inspection_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("inspections.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str]
+    payload: Mapped[dict[str, Any]]
+    by: Mapped[str | None]
+    at: Mapped[datetime]
 
 
 class AlertRow(Base):
