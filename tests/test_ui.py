@@ -29,7 +29,7 @@ from conftest import _service_missing
 from test_service import AUTH, TOKEN, post, running, settings_for, wait_for
 
 from aoiflow.predict import Inspector
-from aoiflow.service.pipeline import EventHub
+from aoiflow.service.events import EventHub
 from aoiflow.service.store import AlertRecord, InspectionRecord, ReviewActionRecord, Store
 from aoiflow.service.ui import labels as lab
 from aoiflow.service.ui import labelstudio as ls

@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 
 from aoiflow.data import IMAGE_SUFFIXES
 
-from .pipeline import FileKey
+from .keeper import FileKey
 from .store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class FolderWatcher:
         database answers. False when stopped first."""
         while not self._stop.is_set():
             try:
-                self.line.retry()
+                self.line.keeper.retry()
                 if len(self.line.spool) == 0:
                     self._redo_unfinished()
                     self._scan()

@@ -35,7 +35,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from ..pipeline import Line, verdict_json
+from ..pipeline import Line
+from ..schemas import verdict_json
 from ..store import ReviewActionRecord
 from . import labels as lab
 from . import labelstudio as ls

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from ..auth import TOKEN_COOKIE
 from . import HERE
 
-TOKEN_COOKIE = "aoiflow_token"  # as app.TOKEN_COOKIE (the app imports this package, not the reverse)
 PAGE_SIZE = 25
 LIVE_FRAMES = 12
 HISTOGRAM_NORMALS = 500
