@@ -161,10 +161,10 @@ def test_median_ms_leaves_warm_up_calls_untimed():
 
 def test_frame_ms_scores_one_frame_on_the_runs_threads(monkeypatch, tmp_path):
     cfg = build_config("ganomaly-l1-l1", overrides={"train": {"threads": 1}})
-    monkeypatch.setattr(demo.TrainedModel, "load",
-                        lambda run: SimpleNamespace(config=cfg, channels=1, generator=None, map_stats=None))
     seen = []
-    monkeypatch.setattr(demo, "score_batch", lambda g, x, s, m: seen.append((torch.get_num_threads(), tuple(x.shape))))
+    fake = SimpleNamespace(config=cfg, channels=1,
+                           score_batch=lambda x: seen.append((torch.get_num_threads(), tuple(x.shape))))
+    monkeypatch.setattr(demo.TrainedModel, "load", lambda run: fake)
     torch.set_num_threads(2)
     demo.frame_ms(tmp_path, warmup=4, calls=6)
     assert seen == [(1, (1, 1, 64, 64))] * 10
