@@ -348,8 +348,9 @@ def predict(
     raw: bool = RawOpt,
     precision: str = typer.Option("f32", help="OpenVINO models: f32 (exact) or bf16 (faster where the CPU has it)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),
-    supervised: Optional[Path] = typer.Option(None, "--supervised", help="a defect-kind model from `aoiflow "
-                                              "supervise train`: verdicts ok, defect:<kind> or unknown_anomaly"),
+    supervised: Optional[Path] = typer.Option(None, "--supervised", help="a defect-kind model (folder from `aoiflow "
+                                              "supervise train`, or its .onnx export): verdicts ok, defect:<kind> "
+                                              "or unknown_anomaly"),
     threads: Optional[int] = ThreadsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     quiet: bool = QuietOpt,

@@ -102,7 +102,8 @@ class Inspector:
         """``source``: a run folder (PyTorch), an exported ``.onnx`` file (ONNX Runtime) or an
         OpenVINO ``.xml`` model; ``precision='bf16'`` lets OpenVINO compute in bfloat16 where the
         CPU supports it (faster, scores differ slightly). ``supervised``: a folder written by
-        ``aoiflow supervise train`` (or its model.pt) for the two-stage verdict."""
+        ``aoiflow supervise train`` (or its model.pt, or its export from ``aoiflow supervise export``)
+        for the two-stage verdict."""
         source = Path(source)
         torch.set_num_threads(threads)
         sup = load_supervised(supervised, threads) if supervised is not None else None
