@@ -143,23 +143,30 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, int8: bool = False,
     return out
 
 
+def open_session(path: Path, threads: int, what: str = "exported model"):
+    """An ONNX Runtime CPU session for ``path`` with ``threads`` intra-op threads; ExportError
+    naming the file when it is missing or not a usable ONNX model."""
+    _require_onnx()
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ExportError(f"{path}: {what} not found")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: not a usable ONNX model ({first})") from None
+
+
 class ExportedModel:
     """An exported .onnx scoring graph with its settings and calibration, run by ONNX Runtime."""
 
     def __init__(self, path: str | Path, threads: int = 2) -> None:
-        _require_onnx()
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ExportError(f"{self.path}: exported model not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ExportError(f"{self.path}: not a usable ONNX model ({exc})") from None
+        self.session = open_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if meta is None:
             raise ExportError(f"{self.path}: no aoiflow metadata; export it with `aoiflow export`")

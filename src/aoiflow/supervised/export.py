@@ -21,10 +21,10 @@ from torch import nn
 
 from aoiflow.data import resize_tensor, to_model_input
 from aoiflow.export import METADATA_KEY as GANOMALY_METADATA_KEY
-from aoiflow.export import ExportError, _require_onnx
+from aoiflow.export import ExportError, _require_onnx, open_session
 from aoiflow.fileio import atomic_write, file_digest
 from aoiflow.supervised.config import SupervisedConfig
-from aoiflow.supervised.model import SupervisedModel
+from aoiflow.supervised.model import SupervisedModel, check_images
 from aoiflow.supervised.verdict import class_regions, region_dicts, two_stage_verdict
 
 METADATA_KEY = "aoiflow-supervised"
@@ -91,20 +91,8 @@ class ExportedSupervised:
     the model it was exported from, ``<folder>@<digest>``; ``file_version`` names the .onnx)."""
 
     def __init__(self, path: str | Path, threads: int = 2) -> None:
-        _require_onnx()
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ExportError(f"{self.path}: exported supervised model not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"{self.path}: not a usable ONNX model ({first})") from None
+        self.session = open_session(self.path, threads, "exported supervised model")
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             what = ("a GANomaly scoring graph (`aoiflow export`), not a defect-kind model"
@@ -127,8 +115,7 @@ class ExportedSupervised:
         return self.config.model.image_size
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"expected images (B, {self.channels}, H, W) in [0, 1], got shape {tuple(x.shape)}")
+        check_images(x, self.channels)
 
     def infer(self, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> class probabilities (B, K+1, S, S), as ``SupervisedModel.infer``

@@ -35,6 +35,12 @@ CONFIG = "config.yaml"
 HISTORY = "history.csv"
 
 
+def check_images(x: torch.Tensor, channels: int) -> None:
+    """ValueError unless ``x`` is a batch of images (B, ``channels``, H, W)."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected images (B, {channels}, H, W) in [0, 1], got shape {tuple(x.shape)}")
+
+
 class SupervisedError(RunError):
     """A supervised model folder or its training input cannot be used; ``str()`` names the file."""
 
@@ -64,8 +70,7 @@ class SupervisedModel(nn.Module):
         return self.config.model.image_size
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"expected images (B, {self.channels}, H, W) in [0, 1], got shape {tuple(x.shape)}")
+        check_images(x, self.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) in [0, 1] -> logits (B, K+1, S, S)."""
