@@ -142,6 +142,10 @@ def train(
                                                         f"({_preset_default('model.image_size')})"),
     base_width: Optional[int] = typer.Option(None, help="channels of the first conv layer "
                                                         f"({_preset_default('model.base_width')})"),
+    canvas: Optional[int] = typer.Option(None, help="native-resolution patches: read images at CANVAS px, train on "
+                                                    "random image-size windows, score by sliding window (0 = off)"),
+    patch_stride: Optional[int] = typer.Option(None, "--patch-stride",
+                                               help="step between scoring windows with --canvas (0 = 3/4 of a window)"),
     lr: Optional[float] = typer.Option(None, help=f"learning rate ({_preset_default('train.lr')})"),
     seed: Optional[int] = typer.Option(None, help=f"random seed ({_preset_default('train.seed')})"),
     false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
@@ -159,7 +163,8 @@ def train(
     flags = {"--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
              "--seed": ("train.seed", seed), "--threads": ("train.threads", threads), "--lr": ("train.lr", lr),
              "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
-             "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width)}
+             "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width),
+             "--canvas": ("model.canvas", canvas), "--patch-stride": ("scoring.patch_stride", patch_stride)}
     try:
         if preset is None and config is None and not resume:
             preset = DEFAULT_PRESET

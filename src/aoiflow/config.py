@@ -29,6 +29,10 @@ class ModelConfig(_Section):
     channels: Literal[1, 3] | None = None
     latent_size: int = Field(100, ge=1, le=4096)
     base_width: int = Field(64, ge=4, le=512)
+    # Native-resolution patches (aoiflow.tiling): images are resized to ``canvas`` x ``canvas``
+    # instead of ``image_size``; the networks train on random ``image_size`` crops of it and
+    # score it by sliding window, so a defect of a few pixels keeps its pixels. 0 = off.
+    canvas: int = Field(0, ge=0, le=4096)
 
     @field_validator("image_size")
     @classmethod
@@ -36,6 +40,17 @@ class ModelConfig(_Section):
         if v < 32 or v > 256 or v & (v - 1):
             raise ValueError(f"image_size must be a power of two from 32 to 256, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _canvas_holds_a_patch(self) -> "ModelConfig":
+        if self.canvas and self.canvas < self.image_size:
+            raise ValueError(f"canvas must be 0 (off) or at least image_size ({self.image_size}), got {self.canvas}")
+        return self
+
+    @property
+    def input_size(self) -> int:
+        """The side images are read at: the canvas when patches are on, else the model size."""
+        return self.canvas or self.image_size
 
 
 class LossConfig(_Section):
@@ -87,6 +102,9 @@ class ScoreConfig(_Section):
     # The share of normal parts the line may flag: the image threshold is set so that new normal
     # images exceed it at most this often (aoiflow.calibrate; 99 normals are needed for 1 %).
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)
+    # With model.canvas: the step between scoring windows in pixels (0 = three quarters of the
+    # patch). Each window keeps only its central part, so a pixel is judged with context.
+    patch_stride: int = Field(0, ge=0, le=4096)
 
     @model_validator(mode="before")
     @classmethod

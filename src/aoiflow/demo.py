@@ -50,7 +50,7 @@ def frame_ms(run: Path, warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS) ->
     """ms to score one frame (batch 1: reconstruction, R, L and map) with the run's PyTorch
     generator, on as many CPU threads as the run's config says."""
     model = TrainedModel.load(run)
-    s = model.config.model.image_size
+    s = model.config.model.input_size
     x = torch.rand(1, model.channels, s, s, generator=torch.Generator().manual_seed(0))
     before = torch.get_num_threads()
     torch.set_num_threads(model.config.train.threads)
@@ -115,7 +115,7 @@ def kind_panel_rows(run: Path, ev: Evaluation, data_root: Path) -> list[PanelRow
     """Per defect kind, its highest-scoring test frame: input, reconstruction, unsmoothed L1 and
     SSIM maps, ground truth. The few frames are scored again: evaluations keep no images."""
     model = TrainedModel.load(run)
-    size = model.config.model.image_size
+    size = model.config.model.input_size
     chosen = {x.path: x for x in _top_of_each_kind(ev)}
     samples = {s.path: s for s in data.test_samples(data_root)}
     loaded = data.load_images(list(chosen), model.channels, size)

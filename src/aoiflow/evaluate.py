@@ -120,7 +120,7 @@ def score_test_set(model: TrainedModel, data_root: str | Path, threshold: float 
     all_samples = data.test_samples(data_root)
     samples = [s for s in all_samples if s.path.resolve() not in exclude] if exclude else all_samples
     n_excluded = len(all_samples) - len(samples)
-    loaded = data.load_images([s.path for s in samples], model.channels, cfg.model.image_size, progress)
+    loaded = data.load_images([s.path for s in samples], model.channels, cfg.model.input_size, progress)
     size_of = dict(zip(loaded.paths, loaded.original_sizes))
     samples = [s for s in samples if s.path in size_of]
     if not samples:
@@ -135,7 +135,7 @@ def score_test_set(model: TrainedModel, data_root: str | Path, threshold: float 
                                [size_of[s.path] for s in samples])
     ev = Evaluation(per_image, threshold, loaded.skipped, ms, model.calibration.pixel_threshold, n_excluded)
     return ScoredTestSet(samples, loaded.images, raw.reconstructions, raw.maps[:, 0].numpy(),
-                         load_masks(samples, cfg.model.image_size), ev)
+                         load_masks(samples, cfg.model.input_size), ev)
 
 
 def recalibrate(model: TrainedModel, data_root: str | Path, settings: ScoreConfig) -> TrainedModel:
@@ -143,7 +143,7 @@ def recalibrate(model: TrainedModel, data_root: str | Path, settings: ScoreConfi
     normalisation, rate): statistics and threshold are measured again on the run's held-out
     normals (and its training normals for per-position statistics), re-read from ``data_root``.
     Costs one pass over those images, no training."""
-    root, size = Path(data_root), model.config.model.image_size
+    root, size = Path(data_root), model.config.model.input_size
     val = data.load_images([root / p for p in model.split["val"]], model.channels, size)
     if len(val.images) == 0:
         raise data.DataLayoutError(f"{data_root}: none of the run's held-out normal images could be read")
@@ -351,15 +351,16 @@ def _write_plots(scored: ScoredTestSet, out: Path, title: str) -> None:
 
 
 def scoring_ms(model: TrainedModel, batch: int = 1, calls: int = 30) -> float:
-    """Median ms per image to score a batch of ``batch`` images (R, L and the map), PyTorch path."""
-    s = model.config.model.image_size
+    """Median ms per image to score a batch of ``batch`` images (R, L and the map), PyTorch path.
+    With native-resolution patches a batch holds about ``batch`` windows (``score_images``)."""
+    s = model.config.model.input_size
     x = torch.rand(batch, model.channels, s, s)
     for _ in range(3):
-        model.score_batch(x)
+        model.score(x, batch_size=batch)
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        model.score_batch(x)
+        model.score(x, batch_size=batch)
         times.append((time.perf_counter() - t0) * 1000 / batch)
     return statistics.median(times)
 

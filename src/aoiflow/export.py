@@ -49,7 +49,7 @@ def _export_fp32(model: TrainedModel, path: Path) -> None:
     import onnx
 
     graph = ScoringGraph(model.generator, model.config.scoring, model.calibration, model.map_stats, model.head).eval()
-    s = model.config.model.image_size
+    s = model.config.model.input_size
     example = (torch.rand(2, model.channels, s, s),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -130,7 +130,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, int8: bool = False,
             raise RunError(f"{run_dir}: the run does not record its training folder; pass --data DATA for int8 calibration")
         root = Path(data_root or model.data_root)
         paths = [root / p for p in model.split["train"][:calibration_images]]
-        normals = data.load_images(paths, model.channels, model.config.model.image_size).images
+        normals = data.load_images(paths, model.channels, model.config.model.input_size).images
         if len(normals) == 0:
             raise data.DataLayoutError(f"{root}: int8 calibration needs the run's training images; pass --data DATA")
         tmp = out.with_name(out.stem + ".fp32.tmp.onnx")

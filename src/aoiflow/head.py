@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from aoiflow import tiling
 from aoiflow.augment import augment_batch
 from aoiflow.config import Config, HeadConfig, ScoreConfig
 from aoiflow.model import Generator
@@ -91,7 +92,8 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
     bar = tqdm(range(hc.steps), desc="head", unit="step", disable=not progress, leave=False)
     for step in bar:
         idx = torch.from_numpy(rng.choice(len(images), min(hc.batch_size, len(images)), replace=False))
-        x = augment_batch(images[idx], config.train.augment, torch_gen)
+        x = tiling.random_crops(images[idx], config.model.image_size, torch_gen)  # no-op without patches
+        x = augment_batch(x, config.train.augment, torch_gen)
         x, labels = add_synthetic_defects(x, rng, hc.defect_share)
         x_hat = _reconstruct(generator, x)
         loss = head_loss(head(x, x_hat, residual_map(x, x_hat, config.scoring)), labels)

@@ -37,9 +37,9 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     root = Path(model.data_root or "")
     if not model.data_root or not root.is_dir():
         raise RunError(f"{run_dir}: the run's training folder {model.data_root!r} is not here; the head trains on it")
-    train = data.load_images([root / p for p in model.split["train"]], model.channels, config.model.image_size,
+    train = data.load_images([root / p for p in model.split["train"]], model.channels, config.model.input_size,
                              progress)
-    val = data.load_images([root / p for p in model.split["val"]], model.channels, config.model.image_size, progress)
+    val = data.load_images([root / p for p in model.split["val"]], model.channels, config.model.input_size, progress)
     if len(train.images) == 0 or len(val.images) == 0:
         raise data.DataLayoutError(f"{root}: no readable training or validation images")
     model.head, losses = train_head(model.generator, train.images, config, progress)

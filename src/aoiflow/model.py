@@ -92,6 +92,7 @@ class Generator(nn.Module):
 
     def __init__(self, image_size: int, channels: int, latent_size: int, base_width: int = 64) -> None:
         super().__init__()
+        self.image_size = image_size  # the window it sees; larger images are scored in windows
         self.encoder1 = Encoder(image_size, channels, latent_size, base_width)
         self.decoder = Decoder(image_size, channels, latent_size, base_width)
         self.encoder2 = Encoder(image_size, channels, latent_size, base_width)

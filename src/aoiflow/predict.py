@@ -25,6 +25,7 @@ from aoiflow.runs import RunError, TrainedModel
 from aoiflow.supervised.model import SupervisedModel
 from aoiflow.supervised.export import load_supervised
 from aoiflow.calibrate import combined_score, verdict
+from aoiflow.scoring import images_per_batch
 
 PREDICTION_FIELDS = ["path", "status", "reason", "R", "L", "A", "threshold", "decision", "map",
                      "verdict", "kind", "confidence", "regions"]
@@ -132,6 +133,8 @@ class Inspector:
         if raw and not self.config.preprocess.enabled:
             raise RunError("this run was not trained on preprocessed frames, so it has no preprocessing to apply to raw frames")
         batch: list[tuple[Path, torch.Tensor, np.ndarray, object]] = []
+        m = self.config.model  # with native-resolution patches, about batch_size windows at once
+        batch_size = images_per_batch((m.input_size, m.input_size), m.image_size, self.config.scoring, batch_size)
         for p in map(Path, paths):
             try:
                 batch.append((p, *self._read(p, raw)))
@@ -149,7 +152,7 @@ class Inspector:
     def _read(self, path: Path, raw: bool) -> tuple[torch.Tensor, np.ndarray, object]:
         """(model input (C, S, S), the image at full size (H, W, C), the surface for raw frames).
         The model input is made exactly as in training and calibration (``data.load_tensor``)."""
-        size = self.config.model.image_size
+        size = self.config.model.input_size
         if raw:
             x, frame, surface = frame_model_input(path, self.config.preprocess, self.channels, size)
             return x, data.to_channels(frame, self.channels), surface

@@ -38,7 +38,7 @@ def label_images(inspector: Inspector, paths: Iterable[Path], settings: RegionSe
     """Yield a LabelledImage per readable file (regions only where the image is judged anomalous),
     or the failed Prediction for an unreadable one. ``raw``: the files are raw frames, preprocessed
     as the run was, and regions come out in frame pixels. ``label_of(path, region)`` names classes."""
-    size = inspector.config.model.image_size
+    size = inspector.config.model.input_size
     for pred in inspector.predict_files(paths, raw=raw):
         if pred.status != "ok":
             yield pred

@@ -70,7 +70,7 @@ def _held_out_normals(model: TrainedModel) -> list[Path]:
 def _inputs(model: TrainedModel, paths: list[Path], raw: bool,
             progress: bool) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
     """Model inputs (N, C, S, S) for the normals, through the run's preprocessing when ``raw``."""
-    size = model.config.model.image_size
+    size = model.config.model.input_size
     if not raw:
         loaded = data.load_images(paths, model.channels, size, progress)
         return loaded.images, loaded.skipped

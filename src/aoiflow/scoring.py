@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aoiflow import tiling
 from aoiflow.config import ScoreConfig
 from aoiflow.model import Generator
 from aoiflow.calibrate import Calibration, combined_score  # noqa: F401  (combined_score: re-exported)
@@ -127,6 +128,21 @@ def _required_stats(settings: ScoreConfig, map_stats: MapStats | None,
 
 def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_stats: MapStats | None = None,
            head: nn.Module | None = None):
+    patch = generator.image_size
+    if x.shape[-2:] == (patch, patch):
+        amap, l, x_hat = _window_scores(generator, x, settings, head)
+    else:  # native-resolution patches (aoiflow.tiling): score windows, stitch maps back
+        grid = tiling.Grid.over(x.shape[-2], x.shape[-1], patch, tiling.default_stride(patch, settings.patch_stride))
+        amap, l, x_hat = _window_scores(generator, tiling.split(x, grid), settings, head)
+        amap, x_hat, l = tiling.stitch(amap, grid), tiling.stitch(x_hat, grid), tiling.per_image_max(l, grid)
+    if map_stats is not None:
+        amap = map_stats.apply(amap)
+    r = pool_map(amap, settings.pooling, settings.topk_fraction)
+    return r, l, amap, x_hat
+
+
+def _window_scores(generator: Generator, x: torch.Tensor, settings: ScoreConfig, head: nn.Module | None):
+    """Model-size windows (B, C, S, S) -> map (B, 1, S, S), L (B,), reconstruction (B, C, S, S)."""
     out = generator(x * 2.0 - 1.0)
     x_hat = (out.reconstruction + 1.0) * 0.5
     if head is not None:  # the head's defect probability, smoothed like a residual map
@@ -134,11 +150,8 @@ def _score(generator: Generator, x: torch.Tensor, settings: ScoreConfig, map_sta
         amap = gaussian_blur(torch.sigmoid(head(x, x_hat, residual)), settings.map_sigma)
     else:
         amap = anomaly_map(x, x_hat, settings.score, settings.ssim_window, settings.map_sigma)
-    if map_stats is not None:
-        amap = map_stats.apply(amap)
-    r = pool_map(amap, settings.pooling, settings.topk_fraction)
     l = (out.latent - out.latent_hat).pow(2).flatten(1).mean(1)
-    return r, l, amap, x_hat
+    return amap, l, x_hat
 
 
 @torch.inference_mode()
@@ -171,6 +184,7 @@ def score_images(
     from tqdm import tqdm
 
     rs, ls, maps, recs = [], [], [], []
+    batch_size = images_per_batch(images.shape[-2:], generator.image_size, settings, batch_size)
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="scoring", unit="batch", disable=not progress, leave=False):
         r, l, amap, x_hat = score_batch(generator, images[i : i + batch_size], settings, map_stats, head)
@@ -184,6 +198,14 @@ def score_images(
     r_all = torch.cat(rs).numpy() if rs else np.zeros(0)
     l_all = torch.cat(ls).numpy() if ls else np.zeros(0)
     return RawScores(r_all, l_all, cat(maps), cat(recs))
+
+
+def images_per_batch(size: tuple[int, int], patch: int, settings: ScoreConfig, windows: int) -> int:
+    """Images per batch so that a batch holds about ``windows`` model-size windows."""
+    if tuple(size) == (patch, patch):
+        return windows
+    grid = tiling.Grid.over(size[0], size[1], patch, tiling.default_stride(patch, settings.patch_stride))
+    return max(1, windows // grid.count)
 
 
 def minmax_score(r: np.ndarray, l: np.ndarray, lam: float) -> np.ndarray:

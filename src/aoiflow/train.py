@@ -20,6 +20,7 @@ from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
 from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
+from aoiflow import tiling
 from aoiflow.augment import augment_batch
 from aoiflow.head import train_head
 from aoiflow.recalibrate import finish_model
@@ -147,9 +148,11 @@ def validation_loss(g: Generator, images: torch.Tensor, config: Config, batch_si
     g.eval()
     total = 0.0
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size] * 2 - 1
+        # with patches on (model.canvas) the loss is over a fixed grid of model-size windows
+        x = tiling.grid_windows(images[i : i + batch_size], config.model.image_size) * 2 - 1
         rec = g(x).reconstruction
-        total += contextual_loss(x, rec, config.loss.contextual, config.loss.ssim_window).item() * len(x)
+        n = len(images[i : i + batch_size])
+        total += contextual_loss(x, rec, config.loss.contextual, config.loss.ssim_window).item() * n
     g.train()
     return total / max(1, len(images))
 
@@ -196,7 +199,7 @@ def _with_step_budget(config: Config, n_train: int, progress: bool) -> Config:
 
 
 def _same_shape(a: Config, b: Config) -> bool:
-    keep = ("image_size", "latent_size", "base_width")
+    keep = ("image_size", "latent_size", "base_width", "canvas")
     return all(getattr(a.model, k) == getattr(b.model, k) for k in keep)
 
 
@@ -270,7 +273,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
                  "val": [str(p.relative_to(data_root)) for p in val_paths]}
     config = _with_step_budget(config, len(train_paths), progress)
     t = config.train
-    size = config.model.image_size
+    size = config.model.input_size
     train_set = loader(train_paths, channels, size, progress)
     val_set = loader(val_paths, channels, size, progress)
     if len(train_set.images) == 0 or len(val_set.images) == 0:
@@ -335,7 +338,8 @@ def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: tor
         bar = tqdm(range(0, n, t.batch_size), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for i in bar:
-            batch = augment_batch(x_all[order[i : i + t.batch_size]], t.augment, shuffle)
+            batch = tiling.random_crops(x_all[order[i : i + t.batch_size]], config.model.image_size, shuffle)
+            batch = augment_batch(batch, t.augment, shuffle)
             if t.precision == "bf16":
                 batch = batch.contiguous(memory_format=torch.channels_last)
             losses = train_step(state, batch, config)

@@ -33,7 +33,7 @@ def describe_map(pred: Prediction, inspector: Inspector) -> tuple[list[float], l
 
     amap = pred.anomaly_map
     pixel_threshold = inspector.calibration.pixel_threshold or inspector.map_scale / 2
-    size = inspector.config.model.image_size
+    size = inspector.config.model.input_size
     regions = find_regions(amap, RegionSettings(threshold=float(pixel_threshold), min_area=4.0),
                            pixels_per_model_pixel=amap.size / size**2)
     descriptor = [pred.a, pred.r, pred.l, float((amap > pixel_threshold).mean()), float(len(regions)),
@@ -70,7 +70,7 @@ def prelabel_regions(pred: Prediction, inspector: Inspector) -> list[dict[str, A
     amap = np.nan_to_num(np.asarray(pred.anomaly_map, dtype=np.float64), nan=-np.inf)
     if amap.size == 0 or not np.isfinite(amap).any():
         return []
-    size = inspector.config.model.image_size
+    size = inspector.config.model.input_size
     per_model_pixel = amap.size / size**2
     threshold = float(np.quantile(amap[np.isfinite(amap)], 1.0 - RELAXED_TOP))
     settings = RegionSettings(threshold=threshold, min_area=4.0, closing=max(1, round(math.sqrt(per_model_pixel))))
