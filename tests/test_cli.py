@@ -1,6 +1,7 @@
 """The command line end to end, as a user runs it (a real subprocess for the main path)."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from aoiflow.cli import app
+from aoiflow.runs import TrainedModel
 
 runner = CliRunner()
 
@@ -109,7 +111,6 @@ def test_led_line_raw_frames_to_verdicts(tmp_path):
                                  "--raw", "--threshold", "-1e9", "--label-from-folder", "--format", "coco",
                                  "--no-review", "--quiet"])
     assert result.exit_code == 0, result.output
-    import json
 
     coco = json.loads((tmp_path / "labels" / "coco" / "annotations.json").read_text())
     assert {(i["width"], i["height"]) for i in coco["images"]} == {(1280, 1024)}
@@ -120,13 +121,21 @@ def test_led_line_raw_frames_to_verdicts(tmp_path):
 def test_demo_runs_the_whole_line(tmp_path):
     from aoiflow.demo import run_led_demo
 
-    report = run_led_demo(tmp_path / "demo", scale=0.02, epochs=1, base_width=8, progress=False, log=lambda *_: None)
+    report = run_led_demo(tmp_path / "demo", scale=0.02, epochs=1, base_width=8, progress=False, log=lambda *_: None,
+                          varying_line=True, head_steps=3)
     text = report.read_text()
     for preset in ("ganomaly-l1-l1", "ganomaly-ssim-l1", "ganomaly-ssim-ssim"):
         assert preset in text and (tmp_path / "demo" / "runs" / preset / "eval" / "metrics.json").is_file()
     for name in ("roc_all.png", "hist_all.png", "panels.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "baseline" in text and "glue_overflow" in text
+    # the second line: strongly varying normals, SSIM-SSIM beside the head, linked from the main report
+    varying = tmp_path / "demo" / "varying"
+    assert '<a href="varying/report.html">' in text and (varying / "report.html").is_file()
+    assert json.loads((varying / "frames" / "generator.json").read_text())["variability"] == 1.0
+    head_run = TrainedModel.load(varying / "runs" / "ganomaly-ssim-head")
+    assert head_run.head is not None and head_run.config.head.steps == 3
+    assert text.count("ganomaly-ssim-head") >= 1 and "A line whose normal parts vary" in text
 
 
 # --- help, defaults and flag errors -------------------------------------------------------------

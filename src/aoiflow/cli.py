@@ -517,6 +517,9 @@ def demo(
     epochs: int = typer.Option(80, help="training epochs per preset"),
     variability: str = typer.Option("0", metavar="<level>", help="how much normal parts differ: none (0, default), "
                                                                  "mild (0.4), strong (1) or 0-1 (see `synth`)"),
+    varying: bool = typer.Option(True, "--varying/--no-varying",
+                                 help="also run a line whose normal parts vary strongly (SSIM-SSIM and the "
+                                      "synthetic-defect head; about 7 more minutes), summarised in the report"),
     quiet: bool = QuietOpt,
 ) -> None:
     """The whole line on generated LED frames: generate, preprocess, train 3 presets, evaluate, report."""
@@ -525,8 +528,9 @@ def demo(
 
     _short_warnings()
     try:
+        level = parse_variability(variability)
         report = run_led_demo(out, scale=scale, epochs=epochs, progress=not quiet, log=typer.echo,
-                              variability=parse_variability(variability))
+                              variability=level, varying_line=varying and level < 1.0)
     except (*_known_errors(), ValueError) as exc:
         _fail(exc)
     typer.echo(f"report: {report}")

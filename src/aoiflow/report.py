@@ -217,7 +217,7 @@ reconstruction (the run's scoring: L1 or 1 − SSIM, smoothed as the run scores)
 
 
 def line_report(out: Path, results: list[dict], baseline: dict[str, float], panels: Sequence[PanelRow],
-                settings: dict[str, object] | None = None, timing: dict | None = None) -> Path:
+                settings: dict[str, object] | None = None, timing: dict | None = None, extra_html: str = "") -> Path:
     """One HTML page comparing presets on one set: settings, table, ROC curves, histograms, panels.
 
     ``results``: per preset {"preset", "metrics", "train_s", "ms_b1", "scores" (a ScoreSet)}, optionally
@@ -226,24 +226,30 @@ def line_report(out: Path, results: list[dict], baseline: dict[str, float], pane
     run from an earlier call was resumed, so train s is only what was left). ``settings``:
     label -> value, shown as given. ``timing``: how ms/frame was measured, {"warmup", "calls", "threads"}.
     ``panels``: the last preset's highest-scoring frame of each defect kind, maps as KIND_MAP_COLUMNS.
+    ``extra_html``: a section placed after the results (the demo's second, varying line).
     """
     out = Path(out)
     kinds = sorted({k for r in results for k in r["metrics"]["per_defect_type"]})
     _roc_all(results, out / "roc_all.png")
     _hist_all(results, out / "hist_all.png")
     panel_plot(panels, out / "panels.png", KIND_MAP_COLUMNS)
-    body = f"""<p>Frames generated, preprocessed to surface maps, three GANomaly presets trained and scored
+    body = f"""<p>Frames generated, preprocessed to surface maps, {_count_words(len(results))} GANomaly presets trained and scored
 on the same test frames.
 Each preset's own evaluation report (metrics, localisation, example panels) is linked in the table.</p>
 {_settings_table(settings)}
 <h2>Results</h2>
 {_results_table(results, baseline, kinds, out)}
 {_line_notes(results, timing)}
+{extra_html}
 <h2>ROC curves</h2><img src="roc_all.png"><h2>Score histograms</h2><img src="hist_all.png">
 <h2>Per defect kind: real, reconstruction, L1 map, SSIM map ({esc(results[-1]['preset'])})</h2><img src="panels.png">
 <p class="note">The highest-scoring test frame of each kind. The maps are unsmoothed: L1 is |x − x̂| per pixel,
 SSIM is 1 − SSIM(x, x̂) per pixel; each map column has one colour scale for all rows, given by its bar.</p>"""
     return write_page(out / "report.html", "aoiflow: LED inspection line (generated frames)", body)
+
+
+def _count_words(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three", 4: "four"}.get(n, str(n))
 
 
 def _roc_all(results: list[dict], path: Path) -> None:
