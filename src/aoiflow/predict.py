@@ -165,6 +165,9 @@ class Inspector:
         if not batch:
             return
         r, l, a, amap = self.score_tensor(torch.stack([x for _, x, _, _ in batch]))
+        judged = [image if surface is None else data.to_channels(surface.image, self.channels)
+                  for _, _, image, surface in batch]
+        probs = self._kind_probabilities(judged)
         for i, (p, _, image, surface) in enumerate(batch):
             if surface is None:
                 full = data.resize_tensor(amap[i : i + 1], image.shape[:2])[0, 0].numpy()
@@ -175,16 +178,23 @@ class Inspector:
             decision = verdict(a[i], self.threshold)
             pred = Prediction(p, "ok", "", float(r[i]), float(l[i]), float(a[i]), decision, full, image,
                               verdict="anomaly" if decision == "anomalous" else "ok")
-            if self.supervised is not None:
-                judged = image if surface is None else data.to_channels(surface.image, self.channels)
-                self._second_stage(pred, amap[i, 0].numpy(), judged)
+            if probs is not None:
+                self._second_stage(pred, amap[i, 0].numpy(), judged[i], probs[i])
             yield pred
 
-    def _second_stage(self, pred: Prediction, model_map: np.ndarray, judged: np.ndarray) -> None:
+    def _kind_probabilities(self, judged: list[np.ndarray]) -> np.ndarray | None:
+        """The supervised model's class probabilities (B, K+1, S, S) for a batch of judged images
+        (the file, or the surface map of a raw frame), in one call; None without that model."""
+        if self.supervised is None:
+            return None
+        sup = self.supervised
+        x = torch.stack([data.to_model_input(img, sup.channels, sup.image_size) for img in judged])
+        return sup.infer(x).numpy()
+
+    def _second_stage(self, pred: Prediction, model_map: np.ndarray, judged: np.ndarray, probs: np.ndarray) -> None:
         """The supervised model names the defect kind (``supervised.verdict.two_stage_verdict``).
         The rule runs at GANomaly's model size, where the pixel threshold was calibrated; the
         regions come back in the pixels of the judged image (the surface map for raw frames)."""
-        probs = self.supervised.infer_image(judged)
         pred.verdict, pred.kind, pred.confidence, regions = self.supervised.verdict(
             pred.decision, model_map, self.calibration.pixel_threshold, probs)
         pred.regions = scale_regions(regions, judged.shape[0] / model_map.shape[0],
