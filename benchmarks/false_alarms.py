@@ -64,7 +64,7 @@ def trained_run(root: Path, run: Path, args: argparse.Namespace) -> TrainedModel
 
 
 def raw_scores(model: TrainedModel, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    loaded = data.load_images(paths, model.channels, model.config.model.image_size)
+    loaded = data.load_images(paths, model.channels, model.config.model.input_size)
     s = model.score(loaded.images)
     return s.r, s.l
 

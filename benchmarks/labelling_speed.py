@@ -1,10 +1,13 @@
 """Labelling effort with and without pre-labels, by a scripted reviewer in the real review page.
 
-    .venv/bin/python benchmarks/labelling_speed.py [--run RUN] [--n 3] [--flag-all] [--out result.json]
+    .venv/bin/python benchmarks/labelling_speed.py [--data DIR] [--run RUN] [--n 3] [--flag-all]
+        [--out result.json]
 
 A service (in-process uvicorn on 127.0.0.1, a SQLite file in a temporary folder) judges defective
-tile images that have ground-truth masks (../shared/data/magnetictile_tile); the flagged ones are
-labelled twice in headless Chromium (Playwright), in the same editor:
+test images that have ground-truth masks (--data, MVTec layout; default the magnetic tiles,
+../shared/data/magnetictile_tile; the generated LED line is e.g. demo_out/surfaces with the run
+demo_out/runs/ganomaly-ssim-ssim); the flagged ones are labelled twice in headless Chromium
+(Playwright), in the same editor:
 
     pre-labels   /review?id=N&prelabels=1  the GANomaly pre-label outlines, corrected
     scratch      /review?id=N&scratch=1    the same editor with no region, everything drawn
@@ -45,7 +48,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 TOKEN = "bench"
-KINDS = ("blowhole", "break", "crack", "fray", "uneven")
 MIN_TRUTH_PIXELS = 4
 KEEP_IOU = 0.5
 SCRIPT_IS_NOT_A_PERSON = ("NOTE: a script is not a person. It never hesitates, searches the image, zooms or "
@@ -213,15 +215,18 @@ def review_one(page, base: str, item: dict, truth: list[tuple[int, int, int, int
 
 # -- setup --------------------------------------------------------------------------------------------
 
-def choose_images(n: int, scan: int) -> list[tuple[Path, Path, str]]:
-    """Up to ``scan`` defective test images with masks, round robin over the kinds, name order."""
-    lists = {k: sorted((SHARED / "test" / k).iterdir()) for k in KINDS if (SHARED / "test" / k).is_dir()}
+def choose_images(n: int, scan: int, root: Path = SHARED) -> list[tuple[Path, Path, str]]:
+    """Up to ``scan`` defective test images with masks, round robin over the kinds (the test
+    folders other than good), name order."""
+    kinds = sorted(d.name for d in (root / "test").iterdir() if d.is_dir() and d.name != "good")
+    lists = {k: sorted((root / "test" / k).iterdir()) for k in kinds}
     out, i = [], 0
     while len(out) < scan and any(i < len(v) for v in lists.values()):
         for k, files in lists.items():
             if i < len(files):
-                mask = SHARED / "ground_truth" / k / f"{files[i].stem}.png"
-                if mask.is_file() and truth_boxes(mask):
+                mask = next((m for m in (root / "ground_truth" / k / f"{files[i].stem}{tail}.png" for tail in ("", "_mask"))
+                             if m.is_file()), None)
+                if mask is not None and truth_boxes(mask):
                     out.append((files[i], mask, k))
         i += 1
     return out[:scan]
@@ -271,15 +276,19 @@ def serve(run: Path, data_dir: Path, threshold: float | None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, help="a trained run (default: train a tiny one first)")
+    ap.add_argument("--data", type=Path, default=SHARED, help="MVTec-layout folder with ground_truth masks "
+                                                              "(default: the shared magnetic tiles)")
+    ap.add_argument("--run", type=Path, help="a trained run (default: train a tiny one first, on the tiles)")
     ap.add_argument("--n", type=int, default=3, help="flagged images to label (a smoke run: 3)")
     ap.add_argument("--scan", type=int, default=15, help="defective images with masks to send to the line")
     ap.add_argument("--threshold", type=float, help="decision threshold on A (default: the run's)")
     ap.add_argument("--flag-all", action="store_true", help="threshold below every sent image's score")
     ap.add_argument("--out", type=Path, help="write the per-image results as JSON")
     args = ap.parse_args()
-    if not SHARED.is_dir():
-        raise SystemExit(f"{SHARED} is missing (the shared tile images sit beside the checkout)")
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data} is missing (the shared tile images sit beside the checkout)")
+    if args.run is None and args.data != SHARED:
+        raise SystemExit("--data other than the shared tiles needs --run (a run trained on its train/good)")
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"{CHROMIUM} is missing (Debian package chromium)")
 
@@ -294,7 +303,7 @@ def main() -> None:
         run = args.run or tiny_run(work)
         if not args.run:
             print(f"trained a tiny run in {time.perf_counter() - t0:.0f} s: {run}")
-        images = choose_images(args.n, max(args.scan, args.n))
+        images = choose_images(args.n, max(args.scan, args.n), args.data)
         threshold = args.threshold
         if args.flag_all:
             scores = [p.a for p in Inspector.load(run).predict_files([i for i, _, _ in images])]

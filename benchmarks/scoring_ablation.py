@@ -27,7 +27,7 @@ from aoiflow.tune import TuneSettings, validation_set
 
 
 def scored(model: TrainedModel, paths: list[Path]) -> np.ndarray:
-    loaded = data.load_images(paths, model.channels, model.config.model.image_size)
+    loaded = data.load_images(paths, model.channels, model.config.model.input_size)
     s = model.score(loaded.images)
     return combined_score(s.r, s.l, model.calibration, model.config.scoring.lam)
 

@@ -96,7 +96,7 @@ def paths_for(run: Path, workdir: Path, data_root: Path | None) -> dict:
 
 def test_images(model: TrainedModel, data_root: Path | None) -> tuple[np.ndarray, np.ndarray]:
     samples = data.test_samples(data_root or model.data_root)
-    loaded = data.load_images([s.path for s in samples], model.channels, model.config.model.image_size)
+    loaded = data.load_images([s.path for s in samples], model.channels, model.config.model.input_size)
     ok = set(loaded.paths)
     labels = np.array([s.label for s in samples if s.path in ok])
     return loaded.images.numpy(), labels
@@ -129,7 +129,7 @@ def frame_to_verdict(run: Path, workdir: Path, calls: int, data_root: Path | Non
     frame = workdir / "frame.png"
     Image.fromarray(make_frame(3, None, np.random.default_rng(0))[0]).save(frame)
     model = TrainedModel.load(run)
-    size, cfg = model.config.model.image_size, PreprocessConfig()
+    size, cfg = model.config.model.input_size, PreprocessConfig()
 
     def prepare(path):
         surface = preprocess_frame(data.read_image(path), cfg).image
@@ -197,7 +197,7 @@ def two_stage_timing(run: Path, sup: Path, root: Path | None, workdir: Path, cal
         picked = [s for s in samples if s.label == 0][:4] + [s for s in samples if s.label == 1][:4]
         images = [(s.path, data.read_image(s.path)) for s in picked]
     if not images:  # no data: random frames at twice the model size (the time barely depends on content)
-        s = 2 * TrainedModel.load(run).config.model.image_size
+        s = 2 * TrainedModel.load(run).config.model.input_size
         images = [(Path(f"random{i}.png"), np.random.default_rng(i).random((s, s, 1), dtype=np.float32))
                   for i in range(4)]
     paths = {"torch": (run, sup)}
@@ -208,7 +208,7 @@ def two_stage_timing(run: Path, sup: Path, root: Path | None, workdir: Path, cal
     for name, (scorer, supervised) in paths.items():
         two = Inspector.load(scorer, threads=threads, supervised=supervised)
         one = Inspector(two.backend)  # the same GANomaly backend, no second stage
-        size, channels = two.config.model.image_size, two.channels
+        size, channels = two.config.model.input_size, two.channels
         frames = [(p, data.to_channels(img, channels)) for p, img in images]
 
         def judge(inspector, k, frames=frames, channels=channels, size=size):
@@ -299,7 +299,7 @@ def main() -> None:
         for r, trained in kinds:
             bundle = paths_for(r, workdir, args.data)
             model, graph = bundle["model"], bundle["graph"]
-            s, c = model.config.model.image_size, model.channels
+            s, c = model.config.model.input_size, model.channels
             gf = gflops_per_frame(graph, c, s)
             images, labels = test_images(model, args.data) if trained else (None, None)
             ref_scores = None
