@@ -106,3 +106,12 @@ def test_a_canvas_run_predicts_and_exports_at_the_canvas(canvas_run, module_tile
     onnx_preds = list(Inspector.load(tmp_path / "canvas.onnx").predict_files(files))
     for t, o in zip(preds, onnx_preds, strict=True):
         assert o.status == "ok" and abs(t.a - o.a) < 1e-3
+
+
+def test_a_canvas_run_is_evaluated_at_the_canvas(canvas_run, module_tile_subset):
+    from aoiflow.evaluate import score_test_set
+
+    scored = score_test_set(TrainedModel.load(canvas_run), module_tile_subset, progress=False)
+    assert scored.maps.shape[1:] == (64, 64)
+    assert all(m is None or m.shape == (64, 64) for m in scored.masks)  # masks read at the canvas too
+    assert len(scored.evaluation.per_image) == 10
