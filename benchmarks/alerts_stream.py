@@ -10,8 +10,11 @@ The stream is made of the set's real surface maps (MVTec layout), each frame jud
 path as the line: PNG file -> ``Inspector.predict_files`` (GANomaly, and the supervised model's
 two-stage verdict with --supervised) -> ``descriptors.describe_map`` -> ``Observation`` ->
 ``AlertEngine`` with the rules ``service/alert_feed.py`` builds from ``ServiceSettings`` defaults
-(p-chart of defect rates, Page-Hinkley drift of normal scores, input health) plus the
-``NewAnomalyKind`` rule (which the service does not wire in yet).
+(p-chart of defect rates, Page-Hinkley drift of normal scores, input health and ``NewAnomalyKind``).
+The new-kind rule's known kinds are fitted as the service fits them from its store
+(``known_kinds.fit_known_kinds``): the known defect kinds' test images stand for labelled defects,
+and the normal pool's images that pass (as they are) for the stored passing parts that give the
+reference of normal.
 
 Frames. Normal frames are drawn with replacement from the set's normal images that calibration
 did not use: train/good minus the run's held-out (calibration) split, plus test/good
@@ -77,11 +80,12 @@ from aoiflow.service.alert_feed import AlertFeed
 from aoiflow.service.alerts import (
     AlertEngine,
     KnownKinds,
-    NewAnomalyKind,
     Observation,
     json_safe,
 )
+from aoiflow.service.alerts.novelty import NORMAL_KIND
 from aoiflow.service.descriptors import describe_map
+from aoiflow.service.known_kinds import fit_known_kinds
 from aoiflow.service.settings import ServiceSettings
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)  # one part a second from here
@@ -321,12 +325,15 @@ class Stream:
 
 
 def make_engine(settings: ServiceSettings, known: KnownKinds) -> AlertEngine:
-    """The service's rules (built by ``AlertFeed`` from ``settings``) plus ``NewAnomalyKind``; no sinks."""
+    """The service's rules (built by ``AlertFeed`` from ``settings``), the new-kind rule given
+    ``known``; no sinks."""
     with tempfile.TemporaryDirectory() as d:
-        feed = AlertFeed(settings, Path(d), on_alert=lambda alert: None, already_raised=lambda key: False)
+        feed = AlertFeed(settings, Path(d), on_alert=lambda alert: None, already_raised=lambda key: False,
+                         known_kinds=lambda: known)
+        feed.refit_known_kinds()
         rules = list(feed.engine.rules)
         feed.close()
-    return AlertEngine(rules + [NewAnomalyKind(known)])
+    return AlertEngine(rules)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -424,8 +431,7 @@ def novelty_share(known: KnownKinds, margin: float, scored: list[Scored]) -> flo
         return None
     novel = 0
     for s in flagged:
-        z = known.standardise(np.asarray(s.descriptor))
-        novel += bool((np.linalg.norm(known.centroids - z, axis=1) / known.radii).min() > margin)
+        novel += bool(known.ratios(known.standardise(np.asarray(s.descriptor))).min() > margin)
     return novel / len(flagged)
 
 
@@ -634,14 +640,19 @@ def _measure(args: argparse.Namespace, inspector: Inspector, settings: ServiceSe
         log("two-stage verdicts without jitter: " + "; ".join(
             f"{g}: " + ", ".join(f"{v} {c}" for v, c in sorted(vs.items())) for g, vs in verdicts.items()))
 
-    desc = np.array([s.descriptor for g in sorted(pools.known) for s in base[g]])
-    labels = [g for g in sorted(pools.known) for _ in base[g]]
-    known = KnownKinds.fit(desc, labels)
-    margin = NewAnomalyKind(known).margin
+    passing = [s for s in base[NORMAL] if s.ok and s.decision == "normal"]
+    desc = [s.descriptor for g in sorted(pools.known) for s in base[g]] + [s.descriptor for s in passing]
+    labels = [g for g in sorted(pools.known) for _ in base[g]] + [NORMAL_KIND] * len(passing)
+    known = fit_known_kinds(desc, labels, settings.new_kind_min_samples, settings.new_kind_min_normals)
+    if known is None:
+        raise SystemExit(f"only {len(passing)} normal images pass: the new-kind rule needs "
+                         f"{settings.new_kind_min_normals} for its reference of normal")
+    margin = settings.new_kind_margin
     novel = {"normal (flagged)": novelty_share(known, margin, base[NORMAL]),
              **{g: novelty_share(known, margin, base[g]) for g in sorted(pools.known)},
              pools.new_kind: novelty_share(known, margin, base[pools.new_kind])}
-    log(f"KnownKinds fitted on the test images of {', '.join(known.names)} (radii "
+    log(f"KnownKinds fitted on the test images of the known kinds and {len(passing)} passing normals: "
+        f"{', '.join(known.names)} (radii "
         f"{', '.join(f'{r:.2f}' for r in known.radii)}, eps {known.eps:.2f}); flagged parts NewAnomalyKind would "
         "call novel: " + ", ".join(f"{k} {'-' if v is None else f'{100 * v:.0f} %'}" for k, v in novel.items()))
 
@@ -703,7 +714,8 @@ def _measure(args: argparse.Namespace, inspector: Inspector, settings: ServiceSe
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rules": {"rate_window": settings.rate_window, "rate_baseline_n": settings.rate_baseline_n,
                   "input_health_window": settings.input_health_window,
-                  "input_health_limit": settings.input_health_limit, "new_kind": "NewAnomalyKind defaults"},
+                  "input_health_limit": settings.input_health_limit,
+                  "new_kind": {k: v for k, v in settings.model_dump().items() if k.startswith("new_kind")}},
         "pools": {"normal": len(pools.normal_paths), "normal_from_train": pools.normal_origin.count("train"),
                   "known": {k: len(v) for k, v in pools.known.items()}, "new": len(pools.new_paths)},
         "jitter": vars(jitter), "variants": variants,

@@ -20,6 +20,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from scipy.spatial.distance import pdist
 
 from aoiflow.service.alerts import (
     Alert,
@@ -37,6 +38,7 @@ from aoiflow.service.alerts import (
     WebhookSink,
     p_chart_ucl,
 )
+from aoiflow.service.alerts.novelty import MIN_RADIUS, NORMAL_KIND
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 WAIT = 5.0  # seconds: bound on every wait for a thread, a server or a broker
@@ -213,6 +215,8 @@ def test_new_kind_alerts_once_with_its_first_k_members():
     assert i == third_ids[4] and alert.evidence == third_ids[:5]
     assert alert.key == f"new_kind:{third_ids[0]}" and alert.details["size"] == 5
     assert "new kind" in alert.message and "dent, scratch" in alert.message
+    by_id = {o.inspection_id: o for o in stream}
+    assert [(m["id"], m["a"]) for m in alert.details["members"]] == [(i, by_id[i].a) for i in third_ids[:5]]
 
 
 def test_known_kinds_never_alert():
@@ -232,6 +236,82 @@ def test_known_kinds_from_centroids_round_trip():
     assert again.names == ["a", "b"] and np.allclose(again.centroids, known.centroids)
     with pytest.raises(ValueError, match="3 features"):
         known.standardise(np.zeros(3))
+    fitted = KnownKinds.fit(np.random.default_rng(0).normal(size=(40, 3)), ["a", "b"] * 20)
+    again = KnownKinds.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert np.allclose(again.spreads, fitted.spreads) and not np.allclose(fitted.spreads, 1.0)
+    older = {k: v for k, v in known.to_dict().items() if k != "spreads"}  # saved before per-kind spreads
+    assert np.array_equal(KnownKinds.from_dict(older).spreads, np.ones((2, 2)))
+
+
+def _two_shapes(rng, n: int = 200) -> tuple[np.ndarray, list[str]]:
+    """Kind "thin": tight on feature 0 (sd 0.1), loose on feature 1 (sd 5); kind "wide" the other
+    way round, centred at (20, 0)."""
+    thin = np.column_stack([rng.normal(0, 0.1, n), rng.normal(0, 5, n)])
+    wide = np.column_stack([rng.normal(20, 5, n), rng.normal(0, 0.1, n)])
+    return np.concatenate([thin, wide]), ["thin"] * n + ["wide"] * n
+
+
+def test_each_kind_is_judged_in_its_own_spread():
+    x, labels = _two_shapes(np.random.default_rng(3))
+    per_kind, pooled = KnownKinds.fit(x, labels), KnownKinds.fit(x, labels, per_kind=False)
+    # 5 off on the feature thin is tight on: about 9 of its spreads (0.1 floored at 0.05 pooled sd),
+    # 0.5 pooled sd; thin's pooled radius is set by its loose feature
+    off_thin = per_kind.standardise(np.array([5.0, 0.0]))
+    assert per_kind.ratios(off_thin)[0] > 2.5 and pooled.ratios(off_thin)[0] < 0.25
+    along_thin = per_kind.standardise(np.array([0.0, 8.0]))  # 1.6 sd along its loose feature: thin
+    assert per_kind.ratios(along_thin)[0] < 1
+    # The radius is the 0.99 quantile of the kind's own distances in its spread: 2 of its 200 lie beyond.
+    own = np.array([per_kind.ratios(z)[0] for z in per_kind.standardise(x[:200])])
+    assert (own > 1).sum() == 2
+
+
+def test_a_kind_of_identical_samples_gets_the_smallest_radius():
+    x = np.concatenate([np.zeros((5, 2)), np.random.default_rng(0).normal(5, 1, (20, 2))])
+    known = KnownKinds.fit(x, ["same"] * 5 + ["spread"] * 20)
+    assert known.radii[known.names.index("same")] == MIN_RADIUS and known.eps > 0
+
+
+def test_the_reference_kind_is_known_but_sets_no_grouping_distance():
+    rng = np.random.default_rng(4)
+    normal, dent = rng.normal(0, 3, (300, 2)), rng.normal([30, 0], 0.5, (100, 2))
+    x, labels = np.concatenate([normal, dent]), [NORMAL_KIND] * 300 + ["dent"] * 100
+    known = KnownKinds.fit(x, labels, reference=[NORMAL_KIND])
+    z_dent = known.standardise(dent)
+    assert known.eps == pytest.approx(np.quantile(pdist(z_dent), 0.99))
+    assert known.eps < KnownKinds.fit(x, labels).eps / 3  # the diffuse normals would loosen the groups
+    rule = NewAnomalyKind(known, k=3, window=100)
+    borderline = [obs(i, flagged=True, descriptor=np.array([7.0, 0.0])) for i in range(10)]  # normal's tail
+    assert feed(rule, borderline) == [] and rule.state_dict()["candidates"] == []
+
+
+def test_new_kind_waits_for_known_kinds_and_keeps_its_candidates_across_refits():
+    rng = np.random.default_rng(5)
+    _, known, third = _kinds_data(rng)
+    rule = NewAnomalyKind(None, k=3, window=100)
+    novel = lambda i: obs(i, flagged=True, descriptor=third + 0.1 * rng.normal(size=8))
+    assert feed(rule, [novel(i) for i in range(3)]) == [] and rule.skipped_no_known == 3
+    rule.set_known(known)
+    assert feed(rule, [novel(i) for i in (3, 4)]) == []
+    _, refitted, _ = _kinds_data(np.random.default_rng(6))  # more labels came: the same kinds, refitted
+    rule.set_known(refitted)
+    (i, alert), = feed(rule, [novel(5)])
+    assert i == 5 and alert.evidence == [3, 4, 5]
+    rule.set_known(KnownKinds.from_centroids({"a": [0.0, 0.0]}, {"a": 1.0}))  # another descriptor length
+    assert rule.state_dict()["new_kinds"] == [] and rule.state_dict()["candidates"] == []
+
+
+def test_new_kind_state_of_an_older_form_is_dropped_not_fatal():
+    known = KnownKinds.from_centroids({"a": [0.0, 0.0]}, {"a": 1.0}, eps=1.0)
+    older = {"seq": 7, "candidates": [{"seq": 6, "z": [20.0, 0.0], "id": 6, "time": T0.isoformat()}],
+             "new_kinds": [{"cluster_id": "2", "centroid": [9.0, 9.0], "radius": 1.0, "size": 3}],
+             "skipped_no_descriptor": 2}
+    rule = NewAnomalyKind(known, k=2, window=100)
+    rule.load_state_dict(older)
+    state = rule.state_dict()
+    assert (state["seq"], state["candidates"], state["new_kinds"], state["skipped_no_descriptor"]) == (7, [], [], 2)
+    far = [obs(i, flagged=True, descriptor=np.array([20.0, 0.0])) for i in (8, 9)]
+    (i, alert), = feed(rule, far)
+    assert i == 9 and alert.evidence == [8, 9]
 
 
 def test_new_kind_group_must_gather_within_window_s():

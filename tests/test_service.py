@@ -3,6 +3,7 @@ images, a real SQLite file (and PostgreSQL where it is available), real HTTP thr
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -14,7 +15,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the service extra is not installed (pip install 'aoiflow[service]')")
@@ -23,12 +27,16 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from aoiflow.calibrate import verdict  # noqa: E402
 from aoiflow.cli import app as cli_app  # noqa: E402
 from aoiflow.predict import Inspector  # noqa: E402
+from aoiflow.service.alerts.novelty import NORMAL_KIND  # noqa: E402
 from aoiflow.service.app import create_app  # noqa: E402
+from aoiflow.service.descriptors import DESCRIPTOR_FIELDS, is_current, map_descriptor  # noqa: E402
 from aoiflow.service.files import safe_name  # noqa: E402
+from aoiflow.service.known_kinds import known_kinds_from_store, sample_label  # noqa: E402
 from aoiflow.service.settings import ServiceSettings  # noqa: E402
-from aoiflow.service.store import Store  # noqa: E402
+from aoiflow.service.store import DescriptorSample, InspectionRecord, Store  # noqa: E402
 from aoiflow.train import fit  # noqa: E402
 
 TOKEN = "line-3-secret"
@@ -161,7 +169,7 @@ def test_inspect_gives_the_inspectors_verdict_and_keeps_it(live, tiles, inspecto
         assert v["model_version"] == inspector.version and v["supervised_version"] is None
         assert v["stored"] is True and v["source"] == "cam-1" and v["file_name"] == tiles[4].name
         assert {"upload", "queue", "inference", "store", "total"} <= set(v["timings_ms"])
-        assert len(v["descriptor"]) == 6 and v["descriptor"][0] == pytest.approx(v["a"])
+        assert len(v["descriptor"]) == len(DESCRIPTOR_FIELDS) and v["descriptor"][0] == pytest.approx(math.asinh(v["a"]))
         stored = http.get(f"/api/v1/inspections/{v['id']}").json()
         assert stored["a"] == v["a"] and stored["verdict"] == v["verdict"]
         image = http.get(v["image_url"])
@@ -386,3 +394,178 @@ def test_postgresql_store(pg_schema_url, tmp_path, tile_run, inspector, tiles):
         listed = http.get("/api/v1/inspections", params={"source": "pg"}).json()
         assert listed["total"] == 1 and listed["items"][0]["a"] == pytest.approx(v["a"])
         assert http.get(v["image_url"]).content == tiles[3].read_bytes()
+
+
+# -- descriptors and new kinds of anomaly -----------------------------------------------------
+
+def _field(descriptor: list[float], name: str) -> float:
+    return descriptor[DESCRIPTOR_FIELDS.index(name)]
+
+
+def _scene(mask: np.ndarray, level: float = 0.2, background: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(anomaly map, image): the map is 5 on ``mask``, 0 elsewhere; the image ``level`` there,
+    ``background`` elsewhere, with a little noise."""
+    image = np.where(mask, level, background).astype(np.float32)
+    image += np.random.default_rng(0).normal(0, 0.01, mask.shape).astype(np.float32)
+    return np.where(mask, 5.0, 0.0).astype(np.float32), image
+
+
+def test_descriptor_known_answers():
+    bar = np.zeros((128, 128), bool)
+    bar[60:64, 20:100] = True  # 80 x 4, centroid (59.5, 61.5)
+    d = map_descriptor(*_scene(bar), a=10.0, pixel_threshold=1.0, map_scale=2.0, input_size=128)
+    assert len(d) == len(DESCRIPTOR_FIELDS) and all(math.isfinite(v) for v in d)
+    assert _field(d, "asinh_a") == pytest.approx(math.asinh(10.0))
+    assert _field(d, "log_map_max") == pytest.approx(math.log1p(5.0 / 2.0))
+    assert _field(d, "log_area_share") == pytest.approx(math.log10(320 / 128**2 + 1e-4))
+    assert (_field(d, "solidity"), _field(d, "fill"), _field(d, "orientation")) == pytest.approx((1.0, 1.0, 0.0))
+    assert _field(d, "centre_distance") == pytest.approx(math.hypot(4.0, 2.0) / (math.hypot(128, 128) / 2))
+    assert _field(d, "contrast") < -3 and abs(_field(d, "texture")) < 0.3  # dark, as noisy as around it
+    upright = map_descriptor(*_scene(bar.T), a=10.0, pixel_threshold=1.0, map_scale=2.0, input_size=128)
+    assert _field(upright, "orientation") == pytest.approx(90.0)
+    bright = map_descriptor(*_scene(bar, level=0.8), a=10.0, pixel_threshold=1.0, map_scale=2.0, input_size=128)
+    assert _field(bright, "contrast") == pytest.approx(-_field(d, "contrast"), rel=0.05)
+
+    ell = np.zeros((128, 128), bool)
+    ell[40:60, 40:44] = True
+    ell[56:60, 44:60] = True  # an L in a 20 x 20 box: 144 pixels
+    d = map_descriptor(*_scene(ell), a=10.0, pixel_threshold=1.0, map_scale=2.0, input_size=128)
+    assert _field(d, "fill") == pytest.approx(144 / 400) and 0.4 < _field(d, "solidity") < 0.65
+
+
+def test_descriptor_of_a_passing_part_and_of_a_large_image():
+    flat = np.random.default_rng(1).uniform(0, 0.4, (96, 128)).astype(np.float32)  # nothing over 1.0
+    d = map_descriptor(flat, None, a=-0.7, pixel_threshold=1.0, map_scale=2.0, input_size=32)
+    assert all(math.isfinite(v) for v in d) and _field(d, "asinh_a") == pytest.approx(math.asinh(-0.7))
+    assert (_field(d, "contrast"), _field(d, "texture")) == (0.0, 0.0)  # no image, no intensity features
+    disc = np.zeros((400, 400), np.uint8)
+    cv2.circle(disc, (300, 120), 30, 1, -1)
+    small = map_descriptor(*_scene(disc > 0), a=5.0, pixel_threshold=1.0, map_scale=2.0, input_size=128)
+    big_mask = cv2.resize(disc, (2000, 2000), interpolation=cv2.INTER_NEAREST) > 0  # reduced to 512 first
+    big = map_descriptor(*_scene(big_mask), a=5.0, pixel_threshold=1.0, map_scale=2.0, input_size=128)
+    assert _field(small, "fill") == pytest.approx(math.pi * 30**2 / 61**2, abs=0.01)  # a disc in its box
+    same = ("asinh_a", "log_map_max", "log_area_share", "solidity", "fill", "centre_distance")  # not a disc's
+    assert [_field(big, f) for f in same] == pytest.approx([_field(small, f) for f in same], abs=0.02)  # orientation
+    assert is_current(small) and not is_current([1.0] * 6) and not is_current(None)
+
+
+def test_known_kinds_come_from_verdicts_reviews_and_passing_parts(tmp_path):
+    label = lambda decision, verdict_, status=None, text=None: sample_label(
+        DescriptorSample([0.0], decision, verdict_, status, text))
+    assert label("anomalous", "defect:crack") == "crack"  # the supervised model named it
+    assert label("anomalous", "defect:crack", "corrected", "dent") == "dent"  # a person's label wins
+    assert label("anomalous", "defect:crack", "confirmed") == "crack"
+    assert label("anomalous", "anomaly", "rejected") == NORMAL_KIND  # a false alarm
+    assert label("normal", "ok") == NORMAL_KIND
+    for unnamed in (label("anomalous", "anomaly"), label("anomalous", "unknown_anomaly"),
+                    label("anomalous", "anomaly", "corrected", "dent, scratch"),
+                    label("anomalous", "anomaly", "confirmed", "anomaly")):
+        assert unnamed is None
+
+    rng = np.random.default_rng(2)
+    n = len(DESCRIPTOR_FIELDS)
+    rows = [("normal", "ok", None, None, rng.normal(0, 1, n)) for _ in range(12)]
+    rows += [("anomalous", "defect:crack", None, None, rng.normal(8, 1, n)) for _ in range(4)]
+    rows += [("anomalous", "anomaly", "corrected", "dent", rng.normal(-8, 1, n)) for _ in range(3)]
+    rows += [("anomalous", "anomaly", None, None, rng.normal(20, 1, n)) for _ in range(5)]  # unnamed: judged
+    rows += [("anomalous", "defect:crack", None, None, rng.normal(8, 1, 6)) for _ in range(9)]  # legacy descriptor
+    store = Store.sqlite(tmp_path / "line.db")
+    try:
+        store.add_inspections([InspectionRecord(source="t", file_name="x.png", a=0.0, r=0.0, l=0.0, threshold=1.0,
+                                                decision=d, verdict=v, review_status=st, review_label=lab,
+                                                model_version="m", descriptor=x.tolist())
+                               for d, v, st, lab, x in rows])
+        known = known_kinds_from_store(store, min_samples=4, min_normals=10)
+        assert known.names == ["crack", NORMAL_KIND] and known.dim == n  # dent has 3 < 4 parts
+        assert known_kinds_from_store(store, passing=9, min_samples=4, min_normals=10) is None  # too few normals
+    finally:
+        store.close()
+
+
+class MapFromImage:
+    """The real inspector (reading, checks, versions, the line's path) with a scripted model, so the
+    test knows what every part looks like: the anomaly map is 20 x how far each pixel is from
+    mid-grey, A its maximum. A grey frame with a little noise passes (A about 1); a dark spot or
+    a bright scratch is flagged (A 4 and 5)."""
+
+    threshold = 2.0
+    map_scale = 8.0
+    calibration = SimpleNamespace(pixel_threshold=2.0, threshold=2.0)
+
+    def __init__(self, inspector: Inspector) -> None:
+        self._inspector = inspector
+
+    def __getattr__(self, name):
+        return getattr(self._inspector, name)
+
+    def predict_files(self, paths, **kw):
+        for pred in self._inspector.predict_files(paths, **kw):
+            if pred.status == "ok":
+                pred.anomaly_map = 20 * np.abs(pred.original.mean(axis=2) - 0.5)
+                pred.a = float(pred.anomaly_map.max())
+                pred.decision = verdict(pred.a, self.threshold)
+                pred.verdict = "anomaly" if pred.decision == "anomalous" else "ok"
+            yield pred
+
+
+def _part(folder: Path, name: str, rng: np.random.Generator, draw=None) -> Path:
+    """A 64 x 64 grey frame with noise sd 0.02 (8-bit), ``draw(image)`` adding its defect."""
+    image = np.clip(0.5 + rng.normal(0, 0.02, (64, 64)), 0, 1)
+    if draw is not None:
+        draw(image)
+    path = folder / f"{name}.png"
+    cv2.imwrite(str(path), (image * 255).round().astype(np.uint8))
+    return path
+
+
+def _spot(rng: np.random.Generator):
+    centre, radius = (int(rng.integers(16, 48)), int(rng.integers(16, 48))), int(rng.integers(4, 7))
+    return lambda image: cv2.circle(image, centre, radius, 0.3, -1)
+
+
+def _scratch(rng: np.random.Generator):
+    x, y = int(rng.integers(8, 24)), int(rng.integers(12, 52))
+    return lambda image: cv2.rectangle(image, (x, y), (x + 31, y + 1), 0.75, -1)
+
+
+def test_a_new_kind_of_anomaly_raises_one_alert_with_its_evidence(tmp_path, tile_run, inspector):
+    rng = np.random.default_rng(11)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    spots = [_part(frames, f"spot{i}", rng, _spot(rng)) for i in range(5)]
+    normals = [_part(frames, f"good{i}", rng) for i in range(10)]
+    scratches = [_part(frames, f"scratch{i}", rng, _scratch(rng)) for i in range(5)]
+    settings = settings_for(tmp_path, tile_run, new_kind_k=3, new_kind_window=50, new_kind_min_samples=4,
+                            new_kind_min_normals=8, new_kind_refit_every=1)
+    with running(settings, inspector=MapFromImage(inspector)) as server, server.client() as http:
+        # Spots first: no reference of normal yet, so the rule waits; then a person names them.
+        for path in spots:
+            v = post(http, path).json()
+            assert v["decision"] == "anomalous" and v["alerts"] == []
+            review = http.post(f"/api/v1/inspections/{v['id']}/review", json={"status": "corrected", "label": "spot"},
+                               headers=AUTH)
+            assert review.status_code == 200
+        assert all(post(http, path).json()["decision"] == "normal" for path in normals)
+        rule = server.line.alerts.new_kind  # refitted from the store on its own thread
+        wait_for(lambda: rule.known is not None and rule.known.names == ["normal", "spot"], "the known kinds")
+        answers = [post(http, path).json() for path in scratches]
+        assert all(a["decision"] == "anomalous" for a in answers)
+        ids = [a["id"] for a in answers]
+        key = f"new_kind:{ids[0]}"
+        assert [a["alerts"] for a in answers] == [[], [], [key], [], []]  # the third alike part; then quiet
+        assert post(http, _part(frames, "spot_again", rng, _spot(rng))).json()["alerts"] == []  # a known kind
+
+        (alert,) = http.get("/api/v1/alerts").json()["items"]
+        assert (alert["key"], alert["rule"], alert["evidence"]) == (key, "new_kind", ids[:3])
+        assert "spot" in alert["message"] and NORMAL_KIND in alert["message"]
+        assert [(m["id"], m["a"]) for m in alert["details"]["members"]] == [(a["id"], a["a"]) for a in answers[:3]]
+        assert alert["evidence_urls"] == [f"/api/v1/inspections/{i}" for i in ids[:3]]
+        for url, member in zip(alert["evidence_urls"], alert["details"]["members"]):
+            evidence = http.get(url).json()  # its scores, image and overlay (the map)
+            assert (evidence["verdict"], evidence["a"]) == ("anomaly", member["a"])
+            for link in (evidence["image_url"], evidence["overlay_url"]):
+                assert http.get(link).status_code == 200
+        ack = http.post(f"/api/v1/alerts/{alert['id']}/ack", json={"by": "shift-lead"}, headers=AUTH)
+        assert ack.status_code == 200
+        assert http.get("/api/v1/alerts", params={"unacknowledged": True}).json()["items"] == []
+        assert http.post(f"/api/v1/alerts/{alert['id']}/ack", headers=AUTH).status_code == 404

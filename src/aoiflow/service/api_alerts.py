@@ -17,8 +17,11 @@ def alerts_router(access: Access) -> APIRouter:
     @api.get("/alerts", tags=["alerts"], dependencies=[Depends(access.read)])
     def alerts(request: Request, unacknowledged: bool = False,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """Alerts, newest first; ``evidence_urls`` link each evidence inspection (its scores, and
+        its image and overlay URLs)."""
         rows = line_of(request).store.get().list_alerts(unacknowledged_only=unacknowledged, limit=limit)
-        return {"items": [json_safe(asdict(a)) for a in rows]}
+        return {"items": [{**json_safe(asdict(a)), "evidence_urls": [f"{API}/inspections/{i}" for i in a.evidence]}
+                          for a in rows]}
 
     @api.post("/alerts/{alert_id}/ack", tags=["alerts"], dependencies=[Depends(access.write)])
     def acknowledge(request: Request, alert_id: int, body: Annotated[AckIn | None, Body()] = None) -> dict[str, Any]:

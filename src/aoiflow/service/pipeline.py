@@ -25,11 +25,12 @@ from aoiflow import data
 from aoiflow.predict import Inspector, Prediction, overlay_png
 
 from .alert_feed import AlertFeed
-from .alerts import Alert, Observation, json_safe
+from .alerts import Alert, KnownKinds, Observation, json_safe
 from .descriptors import describe_map, prelabel_regions
 from .events import EventHub
 from .files import DataDir, safe_name
 from .keeper import FileKey, RecordKeeper
+from .known_kinds import known_kinds_from_store
 from .metrics import Metrics
 from .schemas import verdict_json
 from .settings import ServiceSettings
@@ -97,7 +98,7 @@ class Line:
             self.store.get()
         except StoreUnavailable as exc:
             log.warning("%s; inspecting anyway, records wait in %s", exc, self.spool.path)
-        self.alerts = AlertFeed(s, self.files.root, self._store_alert, self.keeper.already_raised)
+        self.alerts = AlertFeed(s, self.files.root, self._store_alert, self.keeper.already_raised, self._known_kinds)
         self.worker = InferenceWorker(s.queue, on_depth=self.metrics.queue_depth.set)
         self.keeper.start_retrying()
         if s.watch is not None:
@@ -164,6 +165,12 @@ class Line:
         return previous, new.version
 
     # -- alerts ------------------------------------------------------------------------------
+
+    def _known_kinds(self) -> KnownKinds | None:
+        """The new-kind rule's known kinds, fitted from the store as it is now."""
+        s = self.settings
+        return known_kinds_from_store(self.store.get(), s.new_kind_labelled, s.new_kind_passing,
+                                      s.new_kind_min_samples, s.new_kind_min_normals)
 
     def _store_alert(self, alert: Alert) -> None:
         record = AlertRecord(key=alert.key, rule=alert.rule, severity=alert.severity, message=alert.message,

@@ -48,8 +48,10 @@ class VerdictOut(BaseModel):
     model_version: str
     supervised_version: str | None
     timings_ms: dict[str, float]
-    descriptor: list[float] | None = Field(description="[A, R, L, area share over the pixel threshold, "
-                                                       "regions, map max / map scale]")
+    descriptor: list[float] | None = Field(description="what kind of anomaly the part shows, the nine numbers "
+                                                       "aoiflow.service.descriptors.DESCRIPTOR_FIELDS (inspections "
+                                                       "stored before them keep six: A, R, L, area share, "
+                                                       "regions, map max)")
     image_url: str | None
     overlay_url: str | None
     review_status: str | None = None

@@ -53,6 +53,16 @@ class ServiceSettings(BaseModel):
     input_health_limit: float = Field(0.05, ge=0, lt=1)
     rate_window: int = Field(200, ge=1)
     rate_baseline_n: int = Field(1000, ge=1)
+    # new kinds of anomaly (alerts.NewAnomalyKind; known kinds from the store, see known_kinds.py)
+    new_kind: bool = Field(True, description="alert when flagged parts unlike every known kind gather")
+    new_kind_k: int = Field(5, ge=2, description="alike novel parts that make a new kind")
+    new_kind_window: int = Field(1000, ge=2, description="inspections a new kind's parts must gather within")
+    new_kind_margin: float = Field(1.5, ge=1, description="novel beyond this many radii of every known kind")
+    new_kind_min_samples: int = Field(10, ge=2, description="labelled parts a kind needs to count as known")
+    new_kind_min_normals: int = Field(50, ge=2, description="passing parts needed before the rule judges")
+    new_kind_labelled: int = Field(5000, ge=1, description="newest labelled parts the known kinds are fitted on")
+    new_kind_passing: int = Field(500, ge=2, description="newest passing parts the reference of normal is fitted on")
+    new_kind_refit_every: int = Field(500, ge=1, description="inspections between refits of the known kinds")
     # folder watcher
     settle_s: float = Field(0.5, ge=0, description="a watched file must keep its size this long before it is read")
     rescan_s: float = Field(30.0, ge=0, description="rescan the watched folder this often (0: only events)")
@@ -67,6 +77,12 @@ class ServiceSettings(BaseModel):
         if not host or not port.isdigit():
             raise ValueError(f"expected host:port, e.g. localhost:1883, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _new_kind_window(self) -> ServiceSettings:
+        if self.new_kind_window < self.new_kind_k:
+            raise ValueError(f"new_kind_window ({self.new_kind_window}) must be at least new_kind_k ({self.new_kind_k})")
+        return self
 
     @model_validator(mode="after")
     def _token_for_reads(self) -> ServiceSettings:

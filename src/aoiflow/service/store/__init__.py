@@ -9,6 +9,7 @@ from .core import Store
 from .engine import StoreUnavailable
 from .records import (
     AlertRecord,
+    DescriptorSample,
     InspectionFilter,
     InspectionRecord,
     ModelVersionRecord,
@@ -16,5 +17,5 @@ from .records import (
     ReviewActionRecord,
 )
 
-__all__ = ["AlertRecord", "InspectionFilter", "InspectionRecord", "ModelVersionRecord", "ProcessedFile",
-           "ReviewActionRecord", "Store", "StoreUnavailable"]
+__all__ = ["AlertRecord", "DescriptorSample", "InspectionFilter", "InspectionRecord", "ModelVersionRecord",
+           "ProcessedFile", "ReviewActionRecord", "Store", "StoreUnavailable"]

@@ -23,6 +23,7 @@ from .engine import describe, for_writing, make_engine, unavailable_as, upgrade_
 from .records import (
     REVIEW_STATUSES,
     AlertRecord,
+    DescriptorSample,
     InspectionFilter,
     InspectionRecord,
     ModelVersionRecord,
@@ -240,6 +241,22 @@ class Store:
             query = query.limit(limit)
         with self._session() as session:
             return [_record(r, InspectionRecord) for r in session.scalars(query)]
+
+    def descriptor_samples(self, labelled: int = 5000, passing: int = 500) -> list[DescriptorSample]:
+        """What the new-kind rule's known kinds are fitted on (``service/known_kinds.py``): the
+        newest ``labelled`` inspections with a descriptor that a model or a person labelled (a
+        ``defect:<kind>`` verdict, or any review), then the newest ``passing`` unreviewed ones
+        that passed; newest first within each."""
+        row = InspectionRow
+        columns = (row.descriptor, row.decision, row.verdict, row.review_status, row.review_label)
+        newest = (row.created_at.desc(), row.id.desc())
+        named = sa.or_(row.verdict.like("defect:%"), row.review_status.is_not(None))
+        ok = sa.and_(row.decision == "normal", row.verdict == "ok", row.review_status.is_(None))
+        with self._session() as session:
+            return [DescriptorSample(*r) for query in (
+                sa.select(*columns).where(row.descriptor.is_not(None), named).order_by(*newest).limit(labelled),
+                sa.select(*columns).where(row.descriptor.is_not(None), ok).order_by(*newest).limit(passing))
+                for r in session.execute(query).tuples()]
 
     def stats(self, since: datetime | None = None, until: datetime | None = None,
               bucket: str = "hour") -> list[dict[str, Any]]:

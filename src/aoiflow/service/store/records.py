@@ -118,6 +118,17 @@ class InspectionFilter:
         _check_choice("review_status", self.review_status, REVIEW_STATUSES, optional=True)
 
 
+@dataclass
+class DescriptorSample:
+    """An inspection's descriptor with what labels it: the decision, the verdict and its review."""
+
+    descriptor: list[float] | None
+    decision: str
+    verdict: str
+    review_status: str | None
+    review_label: str | None
+
+
 @dataclass(kw_only=True)
 class ReviewActionRecord:
     """One action of a review: ``action`` a short snake_case name (accept, mark_normal,
