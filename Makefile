@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: a bare `torch` would fetch gigabytes of CUDA libraries. Where pip's
 	# default index serves the CUDA build, a CPU-only machine passes TORCH_INDEX (see README).
 	$(VENV)/bin/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(VENV)/bin/pip install --quiet -e '.[test,export,openvino,service]'
+	$(VENV)/bin/pip install --quiet -e '.[test,export,openvino,service,scale]'
 	touch $(STAMP)
 
 demo: $(STAMP)

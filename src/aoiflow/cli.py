@@ -156,10 +156,14 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Train GANomaly on normal images; writes RUN/checkpoint.pt, config.yaml, history.csv."""
+    """Train GANomaly on normal images; writes RUN/checkpoint.pt, config.yaml, history.csv.
+    Under torchrun, every process trains its share of each batch (DistributedDataParallel)."""
+    from aoiflow import distributed
     from aoiflow.train import TrainingInterrupted, fit
 
     _short_warnings()
+    if distributed.launched() and threads is None:
+        threads = distributed.threads_per_process()  # N processes on N cores: one thread each
     flags = {"--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
              "--seed": ("train.seed", seed), "--threads": ("train.threads", threads), "--lr": ("train.lr", lr),
              "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
@@ -172,13 +176,15 @@ def train(
             config = out / "config.yaml"
         cfg = _config(preset, config, flags)
         _limit_pixels(max_pixels)
-        ckpt = fit(data, out, cfg, resume=resume, progress=not quiet)
+        with distributed.processes() as main:  # joins torchrun's process group; one process otherwise
+            ckpt = fit(data, out, cfg, resume=resume, progress=not quiet and main)
     except TrainingInterrupted as exc:  # a RunError too: caught first, for its own colour and exit code
         typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     except _known_errors() as exc:
         _fail(exc)
-    typer.echo(f"trained {cfg.preset or 'custom config'} -> {ckpt}")
+    if main:
+        typer.echo(f"trained {cfg.preset or 'custom config'} -> {ckpt}")
 
 
 @app.command()
@@ -245,10 +251,19 @@ def tune(
     threads: Optional[int] = ThreadsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     resume: bool = typer.Option(False, "--resume", help="continue the search in --out"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="share the search with other workers through "
+                                          "this database, e.g. postgresql://user:pass@host/db (each worker on "
+                                          "its own --out)"),
+    study: Optional[str] = typer.Option(None, "--study", help="with --storage: the search's name there "
+                                        "(default: the --out folder's name)"),
+    heartbeat: int = typer.Option(60, "--heartbeat", callback=_at_least(1),
+                                  help="with --storage: seconds between a worker's signs of life; a trial "
+                                       "silent for three is run again by another worker"),
     quiet: bool = QuietOpt,
 ) -> None:
     """Three-stage random search over loss weights, latent and image size, SSIM windows and lambda."""
-    from aoiflow.tune import SearchSpace, TuneError, TuneSettings, split_trials, tune as run_tune
+    from aoiflow.tune import Cooperation, SearchSpace, TuneError, TuneSettings, WorkerStopped, split_trials, \
+        storage_url, tune as run_tune
 
     _short_warnings()
     flags = {"--epochs": ("train.epochs", epochs), "--batch-size": ("train.batch_size", batch_size),
@@ -265,7 +280,13 @@ def tune(
         per_stage = _int_list(stage_trials, "--stage-trials") or split_trials(trials)
         settings = TuneSettings(stage_trials=per_stage, top_few=top, val_fraction=val_fraction,
                                 val_dir=str(val) if val else None, seed=seed)
-        outcome = run_tune(data, out, base, space, settings, resume=resume, progress=not quiet)
+        if study is not None and storage is None:
+            raise ConfigError("--study names a search in a shared database: pass --storage URL too")
+        shared = Cooperation(storage_url(storage), study or out.resolve().name, heartbeat) if storage else None
+        outcome = run_tune(data, out, base, space, settings, resume=resume, progress=not quiet, shared=shared)
+    except WorkerStopped as exc:
+        typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     except (*_known_errors(), TuneError) as exc:
         _fail(exc)
     for stage, best in outcome.stage_best.items():
@@ -356,6 +377,11 @@ def predict(
     supervised: Optional[Path] = typer.Option(None, "--supervised", help="a defect-kind model (folder from `aoiflow "
                                               "supervise train`, or its .onnx export): verdicts ok, defect:<kind> "
                                               "or unknown_anomaly"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data over a Ray "
+                                                         "cluster's workers; scores with the exported .onnx "
+                                                         "and adds OUT/predictions.parquet/)"),
+    workers: Optional[int] = typer.Option(None, "--workers", callback=_at_least(1),
+                                          help="--engine ray: model copies (default: the cluster's CPUs / --threads)"),
     threads: Optional[int] = ThreadsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     quiet: bool = QuietOpt,
@@ -367,7 +393,14 @@ def predict(
     try:
         if precision not in ("f32", "bf16"):
             raise ConfigError(f"--precision {precision!r}: choose f32 or bf16")
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"--engine {engine!r}: choose local or ray")
+        if workers is not None and engine != "ray":
+            raise ConfigError("--workers sets the model copies of --engine ray; pass --engine ray too")
         _limit_pixels(max_pixels)
+        if engine == "ray":
+            return _predict_on_ray(run, target, out, threshold, threads, workers, no_maps, raw, overwrite,
+                                   supervised, quiet)
         inspector = Inspector.load(run, threshold, threads=threads or DEFAULT_THREADS, precision=precision,
                                    supervised=supervised)
         results = predict_to_folder(inspector, target, out, write_maps=not no_maps, progress=not quiet, raw=raw,
@@ -384,6 +417,26 @@ def predict(
                f"-> {out / 'predictions.csv'}")
     for r in bad:
         typer.echo(f"skipped {r.path}: {r.reason}", err=True)
+
+
+def _predict_on_ray(run: Path, target: Path, out: Path, threshold: float | None, threads: int | None,
+                    workers: int | None, no_maps: bool, raw: bool, overwrite: bool, supervised: Path | None,
+                    quiet: bool) -> None:
+    """``aoiflow predict --engine ray`` (aoiflow.batch); its errors reach predict's handler."""
+    if supervised is not None:
+        raise ConfigError("--supervised: not available with --engine ray yet; use --engine local")
+    try:
+        import ray.data  # noqa: F401  (aoiflow.batch imports it lazily)
+    except ImportError as exc:
+        raise ConfigError(f"--engine ray needs Ray Data: pip install 'aoiflow[scale]' ({exc})") from None
+    from aoiflow.batch import predict_with_ray
+
+    summary = predict_with_ray(run, target, out, threshold, threads=threads or 1, workers=workers,
+                               write_maps=not no_maps, raw=raw, overwrite=overwrite, progress=not quiet)
+    typer.echo(f"{summary.scored} scored, {summary.anomalous} anomalous, {len(summary.not_scored)} not scored "
+               f"-> {out / 'predictions.csv'}, {out / 'predictions.parquet'}")
+    for path, why in summary.not_scored:
+        typer.echo(f"skipped {path}: {why}", err=True)
 
 
 @app.command()

@@ -299,27 +299,37 @@ def predict_to_folder(inspector: Inspector, target: str | Path, out_dir: str | P
     base = Path(target) if Path(target).is_dir() else Path(target).parent
     stems = output_stems(paths, base)
     results: list[Prediction] = []
-    # One colour scale for every map: full heat where pixels pass what normal images rarely reach.
-    vmax = inspector.map_scale
     with CsvAppender(out / "predictions.csv", PREDICTION_FIELDS) as table:
         for pred in tqdm(inspector.predict_files(paths, raw=raw), total=len(paths), desc="predict", unit="img",
                          disable=not progress):
-            map_name = ""
-            if pred.status == "ok" and write_maps:
-                map_name = f"maps/{stems[pred.path]}_map.png"
-                overlay_png(pred.original, pred.anomaly_map, vmax, out / map_name, pred.regions if not raw else None)
+            map_name = save_map(inspector, pred, out, stems[pred.path], raw) if write_maps else ""
             pred.original = None  # keep memory flat on big folders
             results.append(pred)
-            table.add([str(pred.path), pred.status, pred.reason, _fmt(pred.r), _fmt(pred.l), _fmt(pred.a),
-                       _fmt(inspector.threshold), pred.decision, map_name, pred.verdict, pred.kind or "",
-                       "" if pred.confidence is None else _fmt(pred.confidence),
-                       json.dumps([{k: v for k, v in reg.items() if k != "polygon"} for reg in pred.regions])
-                       if pred.regions else ""])
+            table.add(prediction_row(pred, inspector.threshold, map_name))
     if not any(r.status == "ok" for r in results):
         first = results[0]
         raise data.DataLayoutError(f"{target}: none of the {len(results)} images could be scored "
                                    f"(e.g. {first.path}: {first.reason}); see {out / 'predictions.csv'}")
     return results
+
+
+def save_map(inspector: Inspector, pred: Prediction, out: Path, stem: str, raw: bool) -> str:
+    """OUT/maps/<stem>_map.png for a scored image; its name under OUT, or '' when not scored."""
+    if pred.status != "ok":
+        return ""
+    map_name = f"maps/{stem}_map.png"
+    # One colour scale for every map: full heat where pixels pass what normal images rarely reach.
+    overlay_png(pred.original, pred.anomaly_map, inspector.map_scale, out / map_name, pred.regions if not raw else None)
+    return map_name
+
+
+def prediction_row(pred: Prediction, threshold: float, map_name: str) -> list[str]:
+    """One row of predictions.csv (PREDICTION_FIELDS)."""
+    return [str(pred.path), pred.status, pred.reason, _fmt(pred.r), _fmt(pred.l), _fmt(pred.a),
+            _fmt(threshold), pred.decision, map_name, pred.verdict, pred.kind or "",
+            "" if pred.confidence is None else _fmt(pred.confidence),
+            json.dumps([{k: v for k, v in reg.items() if k != "polygon"} for reg in pred.regions])
+            if pred.regions else ""]
 
 
 def _fmt(v: float) -> str:

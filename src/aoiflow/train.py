@@ -14,7 +14,7 @@ from tqdm import tqdm
 import numpy as np
 import torch
 
-from aoiflow import data
+from aoiflow import data, distributed
 from aoiflow.config import Config, save_config
 from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
@@ -62,6 +62,9 @@ class TrainState:
     # one piece for a fresh run; extending a run adds a piece that starts at the rate last used,
     # so the rate never jumps up (rebuilding one decay over the new total would).
     lr_pieces: list[list[float]]
+    # Set by aoiflow.distributed while several processes train: the networks wrapped in DDP.
+    g_step: Callable | None = None
+    d_step: Callable | None = None
 
 
 def lr_factor(epoch: int, pieces: list[list[float]]) -> float:
@@ -108,12 +111,14 @@ def _autocast(config: Config):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
 
 
-def train_step(state: TrainState, x: torch.Tensor, config: Config) -> dict[str, float]:
-    """One generator update then one discriminator update on a batch (B, C, S, S) in [-1, 1]."""
+def train_step(state: TrainState, x: torch.Tensor, config: Config, share: float = 1.0) -> dict[str, float]:
+    """One generator update then one discriminator update on a batch (B, C, S, S) in [-1, 1].
+    ``share``: this process's weight when several train one global batch (aoiflow.distributed)."""
     lc = config.loss
     g, d = state.generator, state.discriminator
+    d_logits = state.d_step or d.logits
     with _autocast(config):
-        out = g(x)
+        out = (state.g_step or g)(x)
         with torch.no_grad():
             _, feat_real = d.logits(x)
         _, feat_fake = d.logits(out.reconstruction)
@@ -123,23 +128,23 @@ def train_step(state: TrainState, x: torch.Tensor, config: Config) -> dict[str, 
     l_enc = encoder_loss(out.latent.float(), out.latent_hat.float())
     loss_g = lc.w_adv * l_adv + lc.w_con * l_con + lc.w_enc * l_enc
     state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+    (loss_g * share).backward()
     state.opt_g.step()
 
     with _autocast(config):
-        logit_real, _ = d.logits(x)
-        logit_fake, _ = d.logits(out.reconstruction.detach())
+        logit_real, _ = d_logits(x)
+        logit_fake, _ = d_logits(out.reconstruction.detach())
     loss_d = discriminator_loss(logit_real.float(), logit_fake.float())
     state.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
+    (loss_d * share).backward()
     state.opt_d.step()
-    if loss_d.item() < 1e-5:
+    losses = distributed.batch_mean({"loss_g": loss_g, "loss_con": l_con, "loss_enc": l_enc, "loss_adv": l_adv,
+                                     "loss_d": loss_d}, share)
+    if losses["loss_d"] < 1e-5:
         # A discriminator that wins outright gives the generator no signal: restart it (as GANomaly does).
         init_weights(d)
-    return {
-        "loss_g": loss_g.item(), "loss_con": l_con.item(), "loss_enc": l_enc.item(),
-        "loss_adv": l_adv.item(), "loss_d": loss_d.item(),
-    }
+        distributed.same_everywhere(d)
+    return losses
 
 
 @torch.inference_mode()
@@ -256,7 +261,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     run_dir = Path(run_dir)
     config = _with_data_preprocessing(config, Path(data_root))
     seed_everything(config.train.seed, config.train.threads)
-    previous = _resume_from(run_dir, config, resume)
+    previous = distributed.from_main(_resume_from, run_dir, config, resume)  # rank 0's run folder
 
     all_paths = data.train_images(data_root)
     if previous:
@@ -281,19 +286,26 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
 
     state = _build_state(config, channels)
     history, start_epoch = _restore(state, previous, config) if previous else ([], 0)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / CONFIG)
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG)
     if previous and progress:
         tqdm.write(f"resuming {run_dir} from epoch {start_epoch} of {t.epochs}")
 
     def save(epochs_done: int) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(run_dir / CHECKPOINT, _checkpoint_state(state, config, channels, epochs_done, history, split))
         _write_history(run_dir, history)
 
+    distributed.replicate(state)  # under torchrun: DDP over the processes
     try:
         _train_epochs(state, train_set.images, val_set.images, config, start_epoch, history, save, progress)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), t.epochs)) from None
+    distributed.release(state)
+    if not distributed.is_main():  # rank 0 calibrates and writes the model
+        return run_dir / CHECKPOINT
 
     done = max(start_epoch, t.epochs)
     model = TrainedModel(state.generator, config, channels, None, done, split, split.get("root"))
@@ -342,14 +354,16 @@ def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: tor
             batch = augment_batch(batch, t.augment, shuffle)
             if t.precision == "bf16":
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            losses = train_step(state, batch, config)
+            local, share = distributed.shard(batch)  # this process's rows (all of them in one process)
+            losses = train_step(state, local, config, share)
             clock.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(g=f"{losses['loss_g']:.3f}", con=f"{losses['loss_con']:.3f}",
                             enc=f"{losses['loss_enc']:.4f}", adv=f"{losses['loss_adv']:.4f}", d=f"{losses['loss_d']:.3f}")
         row = {k: v / steps for k, v in sums.items()}
-        row.update(epoch=epoch + 1, val_con=validation_loss(state.generator, val_images, config),
+        val_con = distributed.mean_over_rows(lambda part: validation_loss(state.generator, part, config), val_images)
+        row.update(epoch=epoch + 1, val_con=val_con,
                    lr=lr, seconds=time.perf_counter() - t0)
         history.append(row)
         save(epoch + 1)

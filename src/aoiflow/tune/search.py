@@ -38,6 +38,10 @@ class StagedSearch:
         return self.folder.all_results()
 
     def _run_stage(self, stage: int, bar) -> None:
+        if self.folder.shared is not None:  # one of many workers on a shared storage
+            from aoiflow.tune.shared import SharedStage
+
+            return SharedStage(self, stage).run(bar)
         study = self.folder.study(stage)
         budget = self.settings.stage_trials[stage - 1]
         if stage == 1 and not study.trial_count():
@@ -70,12 +74,17 @@ class StagedSearch:
         result = self.runner.run(stage, number, params, baseline)
         self.folder.save_result(result)
         study.tell(result)
+        self._report(result, bar)
+
+    def _report(self, result: TrialResult | None, bar) -> None:
+        """trials.csv and the bar from every finished trial (other workers' too); a line for ``result``."""
         results = self.folder.all_results()
         write_table(self.folder.table_path, results)
         best = max((r.objective for r in results if r.state == "complete"), default=float("nan"))
-        bar.update(1)
-        bar.set_postfix(stage=stage, best=f"{best:.3f}")
-        self.log(_trial_line(result, best))
+        bar.n = len(results)
+        bar.set_postfix(stage=results[-1].stage if results else 1, best=f"{best:.3f}")
+        if result is not None:
+            self.log(_trial_line(result, best))
 
 
 def _trial_line(result: TrialResult, best: float) -> str:
@@ -87,12 +96,16 @@ def _trial_line(result: TrialResult, best: float) -> str:
             f"{result.seconds:.0f}s; best so far {best:.3f}")
 
 
+def best_trial(results: list[TrialResult]) -> TrialResult:
+    """The completed trial with the best objective; ties go to the earlier one."""
+    return max((r for r in results if r.state == "complete"), key=lambda r: (r.objective, -r.stage, -r.trial))
+
+
 def conclude(results: list[TrialResult], base: Config, validation: ValidationSet,
              folder: SearchFolder) -> TuneOutcome:
     """The best trial (ties go to the earlier one), its full config, and how precise its objective is."""
     complete = [r for r in results if r.state == "complete"]
-    best = max(complete, key=lambda r: (r.objective, -r.stage, -r.trial))
-    baseline = next(r for r in results if r.baseline)
+    best, baseline = best_trial(results), next(r for r in results if r.baseline)
     config = trial_config(base, best.params, best.best_lam, best.best_score_window)
     stage_best = {s: max((r.objective for r in complete if r.stage == s), default=float("nan")) for s in STAGES}
     n_normal = len(TrainedModel.load(folder.trial_dir(best.name)).split["val"]) + len(validation.extra_normals)

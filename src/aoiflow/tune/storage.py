@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aoiflow.config import Config
 from aoiflow.fileio import atomic_write_text
 from aoiflow.tune.records import TrialResult, trial_name
 from aoiflow.tune.settings import SearchSpace, TuneError, TuneSettings
+
+if TYPE_CHECKING:
+    from aoiflow.tune.shared import Cooperation, SharedStudy
 
 STAGES = (1, 2, 3)
 
@@ -23,11 +27,15 @@ def settings_record(data_root: Path, base: Config, space: SearchSpace, settings:
 
 
 class SearchFolder:
-    """Where one search keeps everything; ``trial_dir(name)`` is the run folder ``train.fit`` writes."""
+    """Where one search keeps everything; ``trial_dir(name)`` is the run folder ``train.fit`` writes.
+    With ``shared`` the stage studies and the trial results live in that RDB storage instead of
+    study.db, so several workers (each with its own folder) run one search (``tune.shared``)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, shared: Cooperation | None = None) -> None:
         self.out = out
         self.table_path = out / "trials.csv"
+        self.shared = shared
+        self._shared_studies: dict[int, SharedStudy] = {}
 
     def claim(self, record: dict, resume: bool) -> None:
         """Start a search here, or check that a resumed one has the settings it began with."""
@@ -54,7 +62,13 @@ class SearchFolder:
     def trial_dir(self, name: str) -> Path:
         return self.out / "trials" / name
 
-    def study(self, stage: int) -> StageStudy:
+    def study(self, stage: int) -> StageStudy | SharedStudy:
+        if self.shared is not None:
+            from aoiflow.tune.shared import SharedStudy
+
+            if stage not in self._shared_studies:  # opened once: each open reads the database
+                self._shared_studies[stage] = SharedStudy(self.shared, stage)
+            return self._shared_studies[stage]
         return StageStudy(f"sqlite:///{(self.out / 'study.db').resolve()}", stage)
 
     def save_result(self, result: TrialResult) -> None:
@@ -62,6 +76,8 @@ class SearchFolder:
 
     def results(self, stage: int) -> list[TrialResult]:
         """The stage's finished trials (complete or failed), in trial order."""
+        if self.shared is not None:
+            return self.study(stage).results()
         out = []
         for number in self.study(stage).finished_numbers():
             path = self.trial_dir(trial_name(stage, number)) / "result.json"

@@ -31,16 +31,20 @@ class TrialRunner:
         try:
             config = trial_config(self.base, params)
             t_train = time.perf_counter()
-            self._train(run_dir, config)
+            self.train(run_dir, config)
             result.train_seconds = time.perf_counter() - t_train
             self._score(result, run_dir, config)
             result.state = "complete"
         except (ValueError, RuntimeError) as exc:  # a diverged or impossible trial must not end the search
+            from aoiflow.train import TrainingInterrupted
+
+            if isinstance(exc, TrainingInterrupted):  # Ctrl-C in training stops the search, not the trial
+                raise KeyboardInterrupt from None
             result.state, result.error = "fail", f"{type(exc).__name__}: {exc}"
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _train(self, run_dir: Path, config: Config) -> None:
+    def train(self, run_dir: Path, config: Config) -> None:
         from aoiflow.train import fit  # looked up per trial (and kept off import time): tests replace it
 
         fit(self.data_root, run_dir, config, resume=(run_dir / "checkpoint.pt").exists(), progress=False,
