@@ -572,7 +572,7 @@ def demo(
                                                                  "mild (0.4), strong (1) or 0-1 (see `synth`)"),
     varying: bool = typer.Option(True, "--varying/--no-varying",
                                  help="also run a line whose normal parts vary strongly (SSIM-SSIM and the "
-                                      "synthetic-defect head; about 7 more minutes), summarised in the report"),
+                                      "synthetic-defect head; about 11 more minutes), summarised in the report"),
     quiet: bool = QuietOpt,
 ) -> None:
     """The whole line on generated LED frames: generate, preprocess, train 3 presets, evaluate, report."""
