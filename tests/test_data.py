@@ -105,3 +105,11 @@ def test_mask_resize_keeps_thin_lines_connected():
     tiny[10:20, 5:15] = True
     big = data.resize_mask(tiny, 64)
     assert big.shape == (64, 64) and big.any()
+
+
+def test_to_channels_takes_a_two_dimensional_grey_array():
+    from aoiflow.data import to_channels
+
+    grey = np.arange(6, dtype=np.float32).reshape(2, 3) / 10
+    assert to_channels(grey, 1).shape == (2, 3, 1) and np.array_equal(to_channels(grey, 1)[..., 0], grey)
+    assert np.array_equal(to_channels(grey, 3), np.repeat(grey[..., None], 3, axis=2))

@@ -159,7 +159,10 @@ def is_colour(arr: np.ndarray, tol: float = 2.0 / 255.0) -> bool:
 
 
 def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
-    """Convert (H, W, C) to the requested channel count (ITU-R 601 luma for colour -> grey)."""
+    """Convert (H, W, C), or (H, W) grey, to the requested channel count (ITU-R 601 luma for
+    colour -> grey)."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
     if arr.shape[2] == channels:
         return arr
     if channels == 1:

@@ -165,7 +165,9 @@ class Inspector:
         if not batch:
             return
         r, l, a, amap = self.score_tensor(torch.stack([x for _, x, _, _ in batch]))
-        judged = [image if surface is None else _surface_image(surface, self.channels) for _, _, image, surface in batch]
+        # what the kind model judges: the file, or a raw frame's surface map (only with that model)
+        judged = [image if surface is None or self.supervised is None else data.to_channels(surface.image, self.channels)
+                  for _, _, image, surface in batch]
         probs = self._kind_probabilities(judged)
         for i, (p, _, image, surface) in enumerate(batch):
             if surface is None:
@@ -198,12 +200,6 @@ class Inspector:
             pred.decision, model_map, self.calibration.pixel_threshold, probs)
         pred.regions = scale_regions(regions, judged.shape[0] / model_map.shape[0],
                                      judged.shape[1] / model_map.shape[1])
-
-
-def _surface_image(surface, channels: int) -> np.ndarray:
-    """A raw frame's surface map (H, W) or (H, W, C) as (H, W, channels): what the kind model judges."""
-    arr = surface.image if surface.image.ndim == 3 else surface.image[..., None]
-    return data.to_channels(arr, channels)
 
 
 def scale_regions(regions: list[dict], sy: float, sx: float) -> list[dict]:
