@@ -375,7 +375,7 @@ def predict(
     precision: str = typer.Option("f32", help="OpenVINO models: f32 (exact) or bf16 (faster where the CPU has it)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the results of an earlier run in --out"),
     supervised: Optional[Path] = typer.Option(None, "--supervised", help="a defect-kind model (folder from `aoiflow "
-                                              "supervise train`, or its .onnx export): verdicts ok, defect:<kind> "
+                                              "supervise train`, or its .onnx/.xml export): verdicts ok, defect:<kind> "
                                               "or unknown_anomaly"),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data over a Ray "
                                                          "cluster's workers; scores with the exported .onnx "
@@ -592,7 +592,7 @@ def demo(
 # --- supervise: the defect-kind model trained on reviewed labels (aoiflow.supervised) ------------
 
 supervise_app = _App(cls=_Group, no_args_is_help=True,
-                     help="The supervised defect-kind model, trained on reviewed labels: train | test.")
+                     help="The supervised defect-kind model, trained on reviewed labels: train | test | export.")
 app.add_typer(supervise_app, name="supervise")
 
 LabelFormatOpt = typer.Option(None, "--format", help="coco, labelme, voc, yolo, mask or mvtec (default: detected "
@@ -701,20 +701,22 @@ def supervise_test(
 @supervise_app.command("export")
 def supervise_export(
     sup: Path = typer.Argument(..., help="model folder written by `aoiflow supervise train` (or its model.pt)"),
-    out: Path = typer.Argument(..., help="output .onnx file"),
+    out: Path = typer.Argument(..., help="output file: .onnx (ONNX Runtime) or .xml (OpenVINO IR, .bin beside it)"),
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
-    """Export the defect-kind model as ONNX (image -> class probabilities), classes and settings in the file."""
+    """Export the defect-kind model (image -> class probabilities) as ONNX or OpenVINO, classes and settings
+    in the file; OUT's suffix chooses."""
     import torch
 
     from aoiflow.export import ExportError
-    from aoiflow.supervised.export import export_supervised_onnx
+    from aoiflow.supervised.export import export_supervised_onnx, export_supervised_openvino
 
-    if out.suffix.lower() != ".onnx":
-        _fail(ExportError(f"{out}: the exported model is written as a .onnx file"))
+    writers = {".onnx": export_supervised_onnx, ".xml": export_supervised_openvino}
+    if out.suffix.lower() not in writers:
+        _fail(ExportError(f"{out}: the exported model is written as a .onnx (ONNX Runtime) or .xml (OpenVINO) file"))
     torch.set_num_threads(threads or DEFAULT_THREADS)
     try:
-        path = export_supervised_onnx(sup, out)
+        path = writers[out.suffix.lower()](sup, out)
     except _supervised_errors() as exc:
         _fail(exc)
     typer.echo(f"exported -> {path} (use it as `--supervised {path}` wherever a SUP folder is taken)")

@@ -9,8 +9,14 @@ the .onnx file alone is enough to score images. ONNX Runtime is an optional depe
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +27,9 @@ from aoiflow.fileio import atomic_write
 from aoiflow.calibrate import Calibration
 from aoiflow.runs import RunError, TrainedModel
 from aoiflow.scoring import ScoringGraph
+
+if TYPE_CHECKING:
+    import openvino
 
 METADATA_KEY = "aoiflow"
 OUTPUTS = ["R", "L", "A", "map"]
@@ -186,31 +195,75 @@ class ExportedModel:
         return r, l, a, amap
 
 
+def _require_openvino(what: str) -> ModuleType:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ExportError(f"{what} needs openvino: pip install 'aoiflow[openvino]' ({exc})") from None
+    return ov
+
+
+def onnx_to_openvino(out_xml: str | Path, write_onnx: Callable[[Path], object], key: str,
+                     output_names: list[str]) -> Path:
+    """Write OpenVINO IR (``.xml`` + ``.bin``) at ``out_xml``, converted from the ONNX model that
+    ``write_onnx(path)`` writes, its metadata ``key`` copied into the IR's rt_info (the converter
+    drops ONNX metadata). Both files are written in a hidden folder beside ``out_xml`` and moved
+    into place, the .xml last; the folder (with the temporary ONNX) is always removed."""
+    ov = _require_openvino("OpenVINO export")
+    out = Path(out_xml)
+    if out.suffix.lower() != ".xml":
+        raise ExportError(f"{out}: an OpenVINO model is written as a .xml file (with its .bin beside it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".tmp", dir=out.parent))
+    try:
+        onnx_path = work / "model.onnx"
+        write_onnx(onnx_path)
+        import onnx
+
+        text = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}[key]
+        model = ov.convert_model(str(onnx_path))
+        model.set_rt_info(text, [key])
+        for output, name in zip(model.outputs, output_names, strict=True):
+            output.get_tensor().set_names({name})
+        ov.save_model(model, str(work / out.name), compress_to_fp16=False)  # fp16 weights would not be exact
+        os.replace(work / out.with_suffix(".bin").name, out.with_suffix(".bin"))
+        os.replace(work / out.name, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def export_openvino(run_dir: str | Path, out_xml: str | Path, int8: bool = False,
                     data_root: str | Path | None = None) -> Path:
     """Write the scoring graph as OpenVINO IR (``.xml`` + ``.bin``), converted from the ONNX export
     (int8 keeps its quantised convolutions); the same metadata travels in the IR's rt_info."""
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise ExportError(f"OpenVINO export needs openvino: pip install 'aoiflow[openvino]' ({exc})") from None
-    out = Path(out_xml)
-    if out.suffix != ".xml":
-        raise ExportError(f"{out}: an OpenVINO model is written as a .xml file (with its .bin beside it)")
-    tmp = out.with_name(out.stem + ".tmp.onnx")
-    try:
-        export_onnx(run_dir, tmp, int8=int8, data_root=data_root)
-        model = ov.convert_model(str(tmp))
-        import onnx  # ONNX metadata is not carried over by the converter: copy it into rt_info
+    return onnx_to_openvino(out_xml, lambda p: export_onnx(run_dir, p, int8=int8, data_root=data_root),
+                            METADATA_KEY, OUTPUTS)
 
-        text = {p.key: p.value for p in onnx.load(str(tmp)).metadata_props}[METADATA_KEY]
-        model.set_rt_info(text, [METADATA_KEY])
-        for i, name in enumerate(OUTPUTS):
-            model.outputs[i].get_tensor().set_names({name})
-        ov.save_model(model, str(out), compress_to_fp16=False)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+
+def open_openvino(path: str | Path, threads: int, precision: str = "f32",
+                  what: str = "exported model") -> tuple[openvino.Model, openvino.InferRequest]:
+    """An OpenVINO IR model read from ``path`` and its infer request compiled for the CPU plugin
+    (``threads`` threads, ``precision`` 'f32' or 'bf16'); ExportError naming the file when it is
+    missing or not a readable IR."""
+    ov = _require_openvino("running an OpenVINO model")
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: {what} not found")
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError for any unreadable file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: not an aoiflow OpenVINO model ({first})") from None
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                "INFERENCE_PRECISION_HINT": precision})
+    return model, compiled.create_infer_request()
+
+
+def openvino_metadata(model: openvino.Model, key: str) -> str | None:
+    """The text stored under ``key`` in an IR model's rt_info, None when it has none."""
+    return model.get_rt_info([key]).astype(str) if model.has_rt_info([key]) else None
 
 
 class OpenVinoModel(ExportedModel):
@@ -218,22 +271,12 @@ class OpenVinoModel(ExportedModel):
 
     def __init__(self, path: str | Path, threads: int = 2, precision: str = "f32") -> None:
         """``precision``: 'f32' (exact), or 'bf16' where the CPU has it (faster, not exact)."""
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise ExportError(f"running an OpenVINO model needs openvino: pip install 'aoiflow[openvino]' ({exc})") from None
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ExportError(f"{self.path}: exported model not found")
-        core = ov.Core()
-        try:
-            model = core.read_model(str(self.path))
-            meta = model.get_rt_info([METADATA_KEY]).astype(str)
-        except Exception as exc:  # OpenVINO raises RuntimeError for both bad files and missing keys
-            raise ExportError(f"{self.path}: not an aoiflow OpenVINO model ({exc})") from None
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                   "INFERENCE_PRECISION_HINT": precision})
-        self.request = compiled.create_infer_request()
+        model, self.request = open_openvino(self.path, threads, precision)
+        meta = openvino_metadata(model, METADATA_KEY)
+        if meta is None:
+            raise ExportError(f"{self.path}: not an aoiflow OpenVINO model (no aoiflow metadata); "
+                              "export it with `aoiflow export --format openvino`")
         self._read_metadata(meta)
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -103,11 +103,11 @@ class Inspector:
         """``source``: a run folder (PyTorch), an exported ``.onnx`` file (ONNX Runtime) or an
         OpenVINO ``.xml`` model; ``precision='bf16'`` lets OpenVINO compute in bfloat16 where the
         CPU supports it (faster, scores differ slightly). ``supervised``: a folder written by
-        ``aoiflow supervise train`` (or its model.pt, or its export from ``aoiflow supervise export``)
-        for the two-stage verdict."""
+        ``aoiflow supervise train`` (or its model.pt, or its .onnx/.xml export from ``aoiflow
+        supervise export``; ``precision`` applies to a .xml one too) for the two-stage verdict."""
         source = Path(source)
         torch.set_num_threads(threads)
-        sup = load_supervised(supervised, threads) if supervised is not None else None
+        sup = load_supervised(supervised, threads, precision) if supervised is not None else None
         if source.suffix in (".onnx", ".xml"):
             return cls(_OnnxBackend(source, threads, precision), threshold, sup)
         return cls(_TorchBackend(TrainedModel.load(source)), threshold, sup)

@@ -1,18 +1,22 @@
-"""Export the supervised defect-kind model as one ONNX graph (image -> class probabilities).
+"""Export the supervised defect-kind model as one ONNX graph (image -> class probabilities), or
+as OpenVINO IR converted from it.
 
 The graph takes (B, C, S, S) images in [0, 1] (dynamic batch B, the model's size S) and returns
 probabilities (B, K+1, S, S), background first, softmax included. Its metadata (key
 ``aoiflow-supervised``) carries the class names, channels, image size, the region settings
 (``infer``) and the version of the model it was exported from, so the .onnx file alone gives the
-same regions and two-stage verdicts as SUP/: ``ExportedSupervised`` has ``SupervisedModel``'s
+same regions and two-stage verdicts as SUP/; the IR carries the same metadata in its rt_info.
+``ExportedSupervised`` (ONNX Runtime) and ``OpenVinoSupervised`` have ``SupervisedModel``'s
 inference interface, and ``load_supervised`` picks the one a path needs (``Inspector.load``'s
-``supervised=`` takes either). ONNX Runtime is the optional ``aoiflow[export]`` dependency.
+``supervised=`` takes any). ONNX Runtime is the optional ``aoiflow[export]`` dependency, OpenVINO
+``aoiflow[openvino]``.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,8 @@ from torch import nn
 
 from aoiflow.data import resize_tensor, to_model_input
 from aoiflow.export import METADATA_KEY as GANOMALY_METADATA_KEY
-from aoiflow.export import ExportError, _require_onnx, open_session
+from aoiflow.export import (ExportError, _require_onnx, onnx_to_openvino, open_openvino, open_session,
+                            openvino_metadata)
 from aoiflow.fileio import atomic_write, file_digest
 from aoiflow.supervised.config import SupervisedConfig
 from aoiflow.supervised.model import SupervisedModel, check_images
@@ -84,31 +89,47 @@ def export_supervised_onnx(sup_dir: str | Path, out_path: str | Path) -> Path:
     return out
 
 
-class ExportedSupervised:
-    """An exported supervised model run by ONNX Runtime, with ``SupervisedModel``'s inference
-    interface: ``infer``, ``infer_image``, ``predict_regions``, ``verdict``, ``class_names``,
-    ``channels``, ``image_size``, ``config`` (model and infer settings) and ``version`` (that of
-    the model it was exported from, ``<folder>@<digest>``; ``file_version`` names the .onnx)."""
+def export_supervised_openvino(sup_dir: str | Path, out_xml: str | Path) -> Path:
+    """Write the model in ``sup_dir`` as OpenVINO IR at ``out_xml`` (``.xml`` + ``.bin``, fp32),
+    converted from its ONNX export, the same metadata in the IR's rt_info. Returns the .xml path.
 
-    def __init__(self, path: str | Path, threads: int = 2) -> None:
-        self.path = Path(path)
-        self.session = open_session(self.path, threads, "exported supervised model")
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
+    Raises as ``export_supervised_onnx``, and ExportError naming a path that is not ``.xml`` or
+    when OpenVINO is missing."""
+    return onnx_to_openvino(out_xml, lambda p: export_supervised_onnx(sup_dir, p), METADATA_KEY, [OUTPUT])
+
+
+class _ExportedKind(ABC):
+    """An exported supervised model with ``SupervisedModel``'s inference interface: ``infer``,
+    ``infer_image``, ``predict_regions``, ``verdict``, ``class_names``, ``channels``,
+    ``image_size``, ``config`` (model and infer settings) and ``version`` (that of the model it was
+    exported from, ``<folder>@<digest>``; ``file_version`` names the exported file). Subclasses
+    open the file with their runtime, pass its metadata to ``_read_metadata`` and run ``_run``."""
+
+    path: Path
+
+    def _read_metadata(self, text: str | None, ganomaly: bool) -> None:
+        """Classes, channels, settings and version from the metadata text (None: the file has none;
+        ``ganomaly``: it carries a GANomaly scoring graph's metadata instead)."""
+        if text is None:
             what = ("a GANomaly scoring graph (`aoiflow export`), not a defect-kind model"
-                    if GANOMALY_METADATA_KEY in meta else "no aoiflow supervised metadata")
-            raise ExportError(f"{self.path}: {what}; export one with `aoiflow supervise export SUP OUT.onnx`")
+                    if ganomaly else "no aoiflow supervised metadata")
+            raise ExportError(f"{self.path}: {what}; export one with "
+                              f"`aoiflow supervise export SUP OUT{self.path.suffix}`")
         try:
-            info = json.loads(meta[METADATA_KEY])
+            info = json.loads(text)
             if info.get("format") != EXPORT_FORMAT:
                 raise ValueError(f"format {info.get('format')!r}, expected {EXPORT_FORMAT!r}")
             self.config = SupervisedConfig.model_validate(info["config"])
             self.class_names = [str(n) for n in info["class_names"]]
             self.channels = int(info["channels"])
             self.version = str(info["version"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ExportError(f"{self.path}: damaged aoiflow supervised metadata ({exc})") from None
         self.file_version = f"{self.path.stem}@{file_digest(self.path)}"
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """(b, C, S, S) float32 in [0, 1] -> probabilities (b, K+1, S, S), by the runtime."""
 
     @property
     def image_size(self) -> int:
@@ -122,8 +143,8 @@ class ExportedSupervised:
         (images of another size are resized to S first)."""
         self._check(x)
         x = resize_tensor(torch.as_tensor(x).float(), self.image_size)
-        out = [torch.from_numpy(self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(
-            x[i:i + batch_size].numpy(), dtype=np.float32)})[0]) for i in range(0, len(x), batch_size)]
+        out = [torch.from_numpy(self._run(np.ascontiguousarray(x[i:i + batch_size].numpy(), dtype=np.float32)))
+               for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else x.new_zeros(0, len(self.class_names) + 1, *x.shape[-2:])
 
     def infer_image(self, image: np.ndarray) -> np.ndarray:
@@ -148,10 +169,42 @@ class ExportedSupervised:
                                  min_cover, min_area=ic.min_region_area)
 
 
-def load_supervised(path: str | Path, threads: int = 2) -> SupervisedModel | ExportedSupervised:
-    """The supervised model at ``path``: ``ExportedSupervised`` for a ``.onnx`` file, else
+class ExportedSupervised(_ExportedKind):
+    """A supervised model exported as ONNX (``export_supervised_onnx``), run by ONNX Runtime."""
+
+    def __init__(self, path: str | Path, threads: int = 2) -> None:
+        self.path = Path(path)
+        self.session = open_session(self.path, threads, "exported supervised model")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self._read_metadata(meta.get(METADATA_KEY), GANOMALY_METADATA_KEY in meta)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {INPUT: batch})[0]
+
+
+class OpenVinoSupervised(_ExportedKind):
+    """A supervised model exported as OpenVINO IR (``export_supervised_openvino``), run on the CPU
+    plugin; ``precision`` 'f32' (exact) or 'bf16' where the CPU has it (faster, not exact)."""
+
+    def __init__(self, path: str | Path, threads: int = 2, precision: str = "f32") -> None:
+        self.path = Path(path)
+        model, self.request = open_openvino(self.path, threads, precision, "exported supervised model")
+        self._read_metadata(openvino_metadata(model, METADATA_KEY),
+                            openvino_metadata(model, GANOMALY_METADATA_KEY) is not None)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: batch})[0])  # a copy: the request reuses its output buffer
+
+
+def load_supervised(path: str | Path, threads: int = 2,
+                    precision: str = "f32") -> SupervisedModel | ExportedSupervised | OpenVinoSupervised:
+    """The supervised model at ``path``: ``ExportedSupervised`` for a ``.onnx`` file,
+    ``OpenVinoSupervised`` for a ``.xml`` one (``precision`` applies to it), else
     ``SupervisedModel.load`` (a SUP/ folder or its model.pt)."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
         return ExportedSupervised(path, threads)
+    if suffix == ".xml":
+        return OpenVinoSupervised(path, threads, precision)
     return SupervisedModel.load(path)
