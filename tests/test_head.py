@@ -75,7 +75,8 @@ def test_a_head_learns_painted_defects_on_a_texture(tiny_config):
         coarse = torch.rand(n, 1, 4, 4, generator=gen)
         return torch.nn.functional.interpolate(coarse, size=32, mode="bicubic").clamp(0, 1) * 0.6 + 0.2
 
-    head, losses = train_head(g, texture(64), cfg, progress=False)
+    head, losses, steps = train_head(g, texture(64), cfg, progress=False)
+    assert steps == cfg.head.steps
     assert losses[-1] < losses[0]
     test = texture(80)
     test[40:], labels = add_synthetic_defects(test[40:], np.random.default_rng(5), share=0.999)

@@ -137,6 +137,9 @@ def train(
     preset: Optional[str] = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     epochs: Optional[int] = typer.Option(None, help=f"training epochs ({_preset_default('train.epochs')})"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="cap on the whole training (images, epochs, head, calibration): "
+                                                     "fewer epochs and head steps when they would not fit (0 = none)"),
     batch_size: Optional[int] = typer.Option(None, help=f"images per step ({_preset_default('train.batch_size')})"),
     image_size: Optional[int] = typer.Option(None, help="model input size, a power of two from 32 to 256 "
                                                         f"({_preset_default('model.image_size')})"),
@@ -168,7 +171,8 @@ def train(
              "--seed": ("train.seed", seed), "--threads": ("train.threads", threads), "--lr": ("train.lr", lr),
              "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
              "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width),
-             "--canvas": ("model.canvas", canvas), "--patch-stride": ("scoring.patch_stride", patch_stride)}
+             "--canvas": ("model.canvas", canvas), "--patch-stride": ("scoring.patch_stride", patch_stride),
+             "--max-minutes": ("train.max_minutes", max_minutes)}
     try:
         if preset is None and config is None and not resume:
             preset = DEFAULT_PRESET

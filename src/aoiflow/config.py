@@ -81,6 +81,9 @@ class TrainConfig(_Section):
     # 'bf16': convolutions in bfloat16 autocast (fast on CPUs with AMX / AVX-512 BF16; see
     # benchmarks/train_speed.py); weights, losses and scoring stay fp32.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # A wall-clock cap on the whole training call (images, epochs, head, calibration; aoiflow.budget):
+    # the planned epochs and head steps shrink to fit once they are timed. 0 = no cap.
+    max_minutes: float = Field(0, ge=0)
 
 
 class ScoreConfig(_Section):
@@ -131,6 +134,7 @@ class HeadConfig(_Section):
     depth: int = Field(3, ge=1, le=5)      # U-Net pooling stages
     downsample: Literal[1, 2] = 2          # 2: the U-Net runs at half the model size (4x less work)
     defect_share: float = Field(0.5, gt=0, lt=1)  # share of training images given a painted defect
+    budget_share: float = Field(0.4, gt=0, lt=1)  # the head's share of train.max_minutes (after calibration)
 
 
 class PreprocessConfig(_Section):

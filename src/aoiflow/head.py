@@ -14,6 +14,9 @@ steps (a budget in steps, not epochs, so small sets train as long as large ones)
 
 from __future__ import annotations
 
+import time
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -22,11 +25,15 @@ from tqdm import tqdm
 
 from aoiflow import tiling
 from aoiflow.augment import augment_batch
+from aoiflow.budget import units_that_fit
 from aoiflow.config import Config, HeadConfig, ScoreConfig
 from aoiflow.model import Generator
 from aoiflow.scoring import anomaly_map
 from aoiflow.synthdefect import add_synthetic_defects
 from aoiflow.unet import UNet
+
+
+PROBE_STEPS = 10  # steps timed before a deadline shortens the head's training
 
 
 class DefectHead(nn.Module):
@@ -74,9 +81,12 @@ def _reconstruct(generator: Generator, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_head(generator: Generator, images: torch.Tensor, config: Config, progress: bool = True,
-               head: DefectHead | None = None) -> tuple[DefectHead, list[float]]:
+               head: DefectHead | None = None,
+               deadline: float | None = None) -> tuple[DefectHead, list[float], int]:
     """Train a head on normal ``images`` (N, C, S, S) in [0, 1] with painted defects; the generator
-    is frozen (eval mode). Returns the head (eval mode) and the loss of every 50 steps."""
+    is frozen (eval mode). ``deadline`` (a ``time.perf_counter()`` value): after timing the first
+    steps, train only as many of ``head.steps`` as fit before it, the schedule shortened to match.
+    Returns the head (eval mode), the loss of every 50 steps and the steps trained."""
     hc, seed = config.head, config.train.seed
     rng = np.random.default_rng(seed + 7919)
     torch_gen = torch.Generator().manual_seed(seed + 7919)
@@ -85,12 +95,22 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
             torch.manual_seed(seed)
             head = build_head(images.shape[1], hc)
     opt = torch.optim.Adam(head.parameters(), lr=hc.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hc.lr, total_steps=hc.steps, pct_start=0.1)
+    sched = _one_cycle(opt, hc.lr, hc.steps)
     generator.eval()
     head.train()
     losses, running = [], []
-    bar = tqdm(range(hc.steps), desc="head", unit="step", disable=not progress, leave=False)
-    for step in bar:
+    steps, t0 = hc.steps, time.perf_counter()
+    bar = tqdm(total=steps, desc="head", unit="step", disable=not progress, leave=False)
+    step = 0
+    while step < steps:
+        if deadline is not None and step == PROBE_STEPS:
+            steps = units_that_fit(step, (time.perf_counter() - t0) / step, deadline - time.perf_counter(), hc.steps)
+            if step < steps < hc.steps:  # (at ``steps == step`` the loop ends here: no schedule needed)
+                sched = _one_cycle(opt, hc.lr, steps, done=step)
+            if steps < hc.steps:
+                bar.total = steps
+                if progress:
+                    tqdm.write(f"train.max_minutes: the head trains {steps} steps instead of {hc.steps}")
         idx = torch.from_numpy(rng.choice(len(images), min(hc.batch_size, len(images)), replace=False))
         x = tiling.random_crops(images[idx], config.model.image_size, torch_gen)  # no-op without patches
         x = augment_batch(x, config.train.augment, torch_gen)
@@ -102,9 +122,22 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
         opt.step()
         sched.step()
         running.append(loss.item())
-        if (step + 1) % 50 == 0 or step + 1 == hc.steps:
+        step += 1
+        bar.update(1)
+        if step % 50 == 0 or step == steps:
             losses.append(float(np.mean(running)))
             running = []
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return head.eval(), losses
+    bar.close()
+    return head.eval(), losses, steps
+
+
+def _one_cycle(opt: torch.optim.Optimizer, lr: float, total: int, done: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """A one-cycle schedule over ``total`` steps, advanced past the ``done`` already taken."""
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping a fresh schedule to catch up is intended
+        for _ in range(done):
+            sched.step()
+    return sched
 

@@ -42,7 +42,7 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     val = data.load_images([root / p for p in model.split["val"]], model.channels, config.model.input_size, progress)
     if len(train.images) == 0 or len(val.images) == 0:
         raise data.DataLayoutError(f"{root}: no readable training or validation images")
-    model.head, losses = train_head(model.generator, train.images, config, progress)
+    model.head, losses, _ = train_head(model.generator, train.images, config, progress)
     if progress:
         tqdm.write(f"head: {config.head.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     model = finish_model(model, train.images, val.images)

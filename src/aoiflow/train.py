@@ -22,8 +22,9 @@ from aoiflow.model import Discriminator, Generator, build_networks, init_weights
 from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
 from aoiflow import tiling
 from aoiflow.augment import augment_batch
+from aoiflow.budget import TimeBudget, calibration_reserve, units_that_fit
 from aoiflow.head import train_head
-from aoiflow.recalibrate import finish_model
+from aoiflow.recalibrate import MAP_STATS_IMAGES, finish_model
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
 
@@ -259,6 +260,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     what is kept: every finished epoch is in the checkpoint.
     """
     run_dir = Path(run_dir)
+    budget = TimeBudget.from_minutes(config.train.max_minutes, config.head.budget_share if config.head.enabled else 0.0)
     config = _with_data_preprocessing(config, Path(data_root))
     seed_everything(config.train.seed, config.train.threads)
     previous = distributed.from_main(_resume_from, run_dir, config, resume)  # rank 0's run folder
@@ -298,19 +300,46 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         save_checkpoint(run_dir / CHECKPOINT, _checkpoint_state(state, config, channels, epochs_done, history, split))
         _write_history(run_dir, history)
 
+    epoch_seconds: list[float] = []
+
+    def replan(epochs_done: int, epoch_s: float, val_s: float) -> int:
+        """The epochs to train in all, shortened to fit train.max_minutes (aoiflow.budget)."""
+        nonlocal config
+        if not budget.active:
+            return config.train.epochs
+        epoch_seconds.append(epoch_s)
+        if not budget.reserve:
+            budget.reserve = _calibration_reserve(config, len(train_set.images), len(val_set.images), val_s)
+        mean_s = sum(epoch_seconds) / len(epoch_seconds)
+        epochs = distributed.from_main(units_that_fit, epochs_done, mean_s, budget.ganomaly_left(), config.train.epochs)
+        if epochs < config.train.epochs:
+            if progress:
+                tqdm.write(f"train.max_minutes = {config.train.max_minutes:g}: {epochs} epochs instead of "
+                           f"{config.train.epochs} ({mean_s:.1f} s each)")
+            config = _with_epochs(config, epochs)
+            state.lr_pieces = extend_lr_pieces(state.lr_pieces, epochs_done, epochs)
+            if distributed.is_main():
+                save_config(config, run_dir / CONFIG)
+        return config.train.epochs
+
     distributed.replicate(state)  # under torchrun: DDP over the processes
     try:
-        _train_epochs(state, train_set.images, val_set.images, config, start_epoch, history, save, progress)
+        _train_epochs(state, train_set.images, val_set.images, config, start_epoch, history, save, progress, replan)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), t.epochs)) from None
     distributed.release(state)
     if not distributed.is_main():  # rank 0 calibrates and writes the model
         return run_dir / CHECKPOINT
 
-    done = max(start_epoch, t.epochs)
+    done = max(start_epoch, config.train.epochs)  # config: the epochs a time budget chose
     model = TrainedModel(state.generator, config, channels, None, done, split, split.get("root"))
     if config.head.enabled:
-        model.head, _ = train_head(state.generator, train_set.images, config, progress)
+        deadline = time.perf_counter() + budget.head_left() if budget.active else None
+        model.head, _, steps = train_head(state.generator, train_set.images, config, progress, deadline=deadline)
+        if steps < config.head.steps:
+            config = config.model_copy(update={"head": config.head.model_copy(update={"steps": steps})})
+            model.config = config
+            save_config(config, run_dir / CONFIG)
     model = finish_model(model, train_set.images, val_set.images)
     if progress:
         tqdm.write(f"calibration: {model.calibration.summary()}")
@@ -322,6 +351,23 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     return run_dir / CHECKPOINT
 
 
+def _with_epochs(config: Config, epochs: int) -> Config:
+    return config.model_copy(update={"train": config.train.model_copy(update={"epochs": epochs})})
+
+
+def _calibration_reserve(config: Config, n_train: int, n_val: int, val_s: float) -> float:
+    """Seconds to keep for ``finish_model`` (aoiflow.budget.calibration_reserve): the held-out
+    normals, plus the map-statistics sample where the scoring normalises per position."""
+    per_position = config.scoring.map_normalise == "position" and not config.head.enabled
+    n = n_val + (len(range(0, n_train, max(1, n_train // MAP_STATS_IMAGES))) if per_position else 0)
+    ratio = 1.0
+    if config.model.canvas:
+        c, p = config.model.canvas, config.model.image_size
+        ratio = (tiling.Grid.over(c, c, p, tiling.default_stride(p, config.scoring.patch_stride)).count
+                 / tiling.Grid.over(c, c, p, p).count)
+    return calibration_reserve(val_s, n_val, n, ratio, config.head.enabled)
+
+
 def _interrupted_message(data_root: str | Path, run_dir: Path, done: int, epochs: int) -> str:
     if done == 0:
         return f"interrupted before the first epoch finished; nothing was saved in {run_dir}"
@@ -331,8 +377,9 @@ def _interrupted_message(data_root: str | Path, run_dir: Path, done: int, epochs
 
 def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: torch.Tensor, config: Config,
                   start_epoch: int, history: list[dict[str, float]], save: Callable[[int], None],
-                  progress: bool) -> None:
-    """The epoch loop; ``save(epochs_done)`` after each epoch. Appends a row per epoch to ``history``."""
+                  progress: bool, replan: Callable[[int, float, float], int] | None = None) -> None:
+    """The epoch loop; ``save(epochs_done)`` after each epoch. Appends a row per epoch to ``history``.
+    ``replan(epochs_done, epoch_seconds, validation_seconds)`` may shorten the run (a time budget)."""
     t = config.train
     x_all = train_images * 2 - 1
     n = len(x_all)
@@ -340,14 +387,15 @@ def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: tor
     state.generator.train()
     state.discriminator.train()
     clock = _EtaClock(steps * (t.epochs - start_epoch), t.epochs - start_epoch, progress)
-    for epoch in range(start_epoch, t.epochs):
+    epochs, epoch = t.epochs, start_epoch
+    while epoch < epochs:
         t0 = time.perf_counter()
         lr = _set_lr(state, t.lr, epoch)
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
         shuffle = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=shuffle)
         sums: dict[str, float] = {}
-        bar = tqdm(range(0, n, t.batch_size), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
+        bar = tqdm(range(0, n, t.batch_size), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=False)
         for i in bar:
             batch = tiling.random_crops(x_all[order[i : i + t.batch_size]], config.model.image_size, shuffle)
@@ -362,13 +410,18 @@ def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: tor
             bar.set_postfix(g=f"{losses['loss_g']:.3f}", con=f"{losses['loss_con']:.3f}",
                             enc=f"{losses['loss_enc']:.4f}", adv=f"{losses['loss_adv']:.4f}", d=f"{losses['loss_d']:.3f}")
         row = {k: v / steps for k, v in sums.items()}
+        t_val = time.perf_counter()
         val_con = distributed.mean_over_rows(lambda part: validation_loss(state.generator, part, config), val_images)
+        val_s = time.perf_counter() - t_val
         row.update(epoch=epoch + 1, val_con=val_con,
                    lr=lr, seconds=time.perf_counter() - t0)
         history.append(row)
-        save(epoch + 1)
+        epoch += 1
+        if replan is not None:
+            epochs = replan(epoch, row["seconds"], val_s)
+        save(epoch)
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{t.epochs}  loss_g {row['loss_g']:.4f}  con {row['loss_con']:.4f}  "
+            tqdm.write(f"epoch {epoch}/{epochs}  loss_g {row['loss_g']:.4f}  con {row['loss_con']:.4f}  "
                        f"val_con {row['val_con']:.4f}  d {row['loss_d']:.3f}  {row['seconds']:.1f}s")
 
 
