@@ -16,7 +16,7 @@ The two-stage verdict (GANomaly, then the supervised defect-kind model), against
 times one decoded frame through ``Inspector``'s own path (model input, GANomaly scoring, map,
 decision; then the supervised probabilities and the verdict rule) with and without the supervised
 model, interleaved call by call so both see the same load; median ms, the ratio and the 30 ms line
-budget, for PyTorch and for both models exported to ONNX Runtime. Without --runs / --sup it trains
+budget, for PyTorch and for both models exported to ONNX Runtime and to OpenVINO. Without --runs / --sup it trains
 tiny ones (1 epoch / 20 steps: weights do not change the time) at the reference sizes on a
 generated surface set.
 """
@@ -189,7 +189,7 @@ def two_stage_timing(run: Path, sup: Path, root: Path | None, workdir: Path, cal
     the image size, the decision, and with the supervised model its probabilities and the rule.
     Calls alternate between the two so load on the machine hits both alike."""
     from aoiflow.predict import Inspector
-    from aoiflow.supervised.export import export_supervised_onnx
+    from aoiflow.supervised.export import export_supervised_onnx, export_supervised_openvino
 
     images = []
     if root is not None:
@@ -204,6 +204,9 @@ def two_stage_timing(run: Path, sup: Path, root: Path | None, workdir: Path, cal
     paths["onnxruntime fp32"] = (export_onnx(run, workdir / "two-stage-run.onnx"),
                                  sup if Path(sup).suffix == ".onnx" else
                                  export_supervised_onnx(sup, workdir / "two-stage-sup.onnx"))
+    if Path(sup).suffix not in (".onnx", ".xml"):
+        paths["openvino fp32"] = (export_openvino(run, workdir / "two-stage-run.xml"),
+                                  export_supervised_openvino(sup, workdir / "two-stage-sup.xml"))
     rows = []
     for name, (scorer, supervised) in paths.items():
         two = Inspector.load(scorer, threads=threads, supervised=supervised)
