@@ -301,3 +301,56 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"])
     assert result.exit_code == 130
     assert result.output == message + "\n"
+
+
+# --- serve: the new-kind rule's settings --------------------------------------------------------
+
+@pytest.fixture
+def serve_settings(monkeypatch):
+    """The ServiceSettings each `serve` built; the model load stops it there (no server starts)."""
+    from aoiflow.runs import RunError
+    from aoiflow.service import pipeline
+
+    seen = []
+
+    def loader(settings):
+        seen.append(settings)
+        raise RunError("stop here")
+
+    monkeypatch.setattr(pipeline, "default_loader", loader)
+    return seen
+
+
+def test_serve_new_kind_flags_reach_the_settings(tmp_path, serve_settings):
+    from aoiflow.service.settings import ServiceSettings
+
+    flags = {"--new-kind-group": ("new_kind_k", 4), "--new-kind-window": ("new_kind_window", 300),
+             "--new-kind-margin": ("new_kind_margin", 2.5), "--new-kind-min-samples": ("new_kind_min_samples", 6),
+             "--new-kind-min-normals": ("new_kind_min_normals", 80), "--new-kind-passing": ("new_kind_passing", 900),
+             "--new-kind-labelled": ("new_kind_labelled", 2000), "--new-kind-refit-every": ("new_kind_refit_every", 50)}
+    defaults = ServiceSettings(run=tmp_path)
+    assert all(getattr(defaults, field) != value for field, value in flags.values())  # each flag changes something
+    given = [str(a) for flag, (_, value) in flags.items() for a in (flag, value)]
+    for args in (["--no-new-kind", *given], []):
+        result = runner.invoke(app, ["serve", "--run", str(tmp_path), *args])
+        assert result.exit_code == 2 and result.output == "error: stop here\n"
+    changed, untouched = serve_settings
+    assert not changed.new_kind
+    assert {field: getattr(changed, field) for field, _ in flags.values()} == dict(flags.values())
+    assert untouched == defaults  # flags not given leave the settings' own defaults
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--new-kind-group", "1"], "--new-kind-group: Input should be greater than or equal to 2"),
+    (["--new-kind-refit-every", "0"], "--new-kind-refit-every: Input should be greater than or equal to 1"),
+    (["--new-kind-margin", "0.5"], "--new-kind-margin: Input should be greater than or equal to 1"),
+    (["--new-kind-group", "20", "--new-kind-window", "10"],
+     "--new-kind-window (10) must be at least --new-kind-group (20)"),
+    (["--new-kind-min-normals", "600"], "--new-kind-passing (500) must be at least --new-kind-min-normals (600)"),
+    (["--new-kind-min-samples", "30", "--new-kind-labelled", "20"],
+     "--new-kind-labelled (20) must be at least --new-kind-min-samples (30)"),
+])
+def test_serve_refuses_bad_new_kind_values_naming_the_flag(tmp_path, serve_settings, args, message):
+    result = runner.invoke(app, ["serve", "--run", str(tmp_path), *args])
+    assert result.exit_code == 2 and result.output == f"error: {message}\n"
+    assert serve_settings == []  # refused before the model is loaded

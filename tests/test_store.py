@@ -224,6 +224,24 @@ def test_export_csv(store: Store) -> None:
     assert len(only_ok.getvalue().splitlines()) == 2
 
 
+def test_descriptor_samples_known_answer(store: Store) -> None:
+    # (verdict, decision, review): 0 5 7 pass; 1 named by the model, 3 4 by a review; 2 6 neither.
+    parts = [("ok", "normal", None), ("defect:scratch", "anomalous", None),
+             ("unknown_anomaly", "anomalous", None), ("unknown_anomaly", "anomalous", "rejected"),
+             ("ok", "normal", "confirmed"), ("ok", "normal", None), ("anomaly", "anomalous", None),
+             ("ok", "normal", None)]
+    store.add_inspections([inspection(created_at=T0 + timedelta(minutes=i), verdict=v, decision=d, review_status=r,
+                                      descriptor=[float(i)]) for i, (v, d, r) in enumerate(parts)])
+
+    def order(labelled: int, passing: int) -> list[float]:
+        return [s.descriptor[0] for s in store.descriptor_samples(labelled, passing)]
+
+    assert order(5000, 500) == [4.0, 3.0, 1.0, 7.0, 5.0, 0.0]  # newest first within each
+    assert order(2, 1) == [4.0, 3.0, 7.0]
+    sample = store.descriptor_samples(1, 0)[0]
+    assert (sample.decision, sample.verdict, sample.review_status) == ("normal", "ok", "confirmed")
+
+
 # -- alerts ----------------------------------------------------------------------------------
 
 def alert(key: str = "drift:g1:2025-03-01T08", **changes) -> AlertRecord:
@@ -359,6 +377,66 @@ def test_migrates_a_fresh_and_an_existing_database(store_url: str) -> None:
     with Store(store_url) as again:  # already at head: opens, upgrades nothing, keeps the rows
         assert again.get_inspection(i).id == i
     assert _revision(store_url) == [head]
+
+
+def _indexes(url: str) -> dict[str, tuple[list[str], str]]:
+    """The inspections table's indexes: {name: (columns, partial index WHERE or "")}."""
+    engine = _engine(url)
+    found = sa.inspect(engine).get_indexes("inspections")
+    engine.dispose()
+    where = lambda options: options.get("sqlite_where", options.get("postgresql_where", ""))  # noqa: E731
+    return {ix["name"]: (ix["column_names"], str(where(ix.get("dialect_options", {})))) for ix in found}
+
+
+SAMPLE_INDEXES = {"ix_inspections_labelled", "ix_inspections_verdict_created_at_id"}  # revision 0003
+
+
+def test_descriptor_sample_indexes_migrate_both_ways(store_url: str) -> None:
+    from alembic import command
+
+    Store(store_url).close()
+    indexes = _indexes(store_url)
+    labelled_columns, where = indexes["ix_inspections_labelled"]
+    assert labelled_columns == ["created_at", "id"] and "defect:%" in where and "review_status" in where
+    assert indexes["ix_inspections_verdict_created_at_id"] == (["verdict", "created_at", "id"], "")
+    config = alembic_config(sa.make_url(store_url))
+    command.downgrade(config, "0002")
+    assert _revision(store_url) == ["0002"]
+    assert SAMPLE_INDEXES.isdisjoint(_indexes(store_url)) and "ix_inspections_created_at" in _indexes(store_url)
+    command.upgrade(config, "head")
+    assert SAMPLE_INDEXES <= set(_indexes(store_url)) and _schema_differences(store_url) == []
+
+
+def _sample_plans(store: Store) -> list[str]:
+    """The query plan of each statement ``descriptor_samples`` runs, as one line of text each.
+    On PostgreSQL sequential scans are off, so that a tiny table shows which indexes are usable."""
+    statements: list[tuple[str, object]] = []
+
+    def keep(conn, cursor, statement: str, params: object, *rest: object) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            statements.append((statement, params))
+
+    sa.event.listen(store._engine, "before_cursor_execute", keep)
+    try:
+        store.descriptor_samples()
+    finally:
+        sa.event.remove(store._engine, "before_cursor_execute", keep)
+    with store._engine.connect() as c:
+        if c.dialect.name == "sqlite":
+            return [" / ".join(r[-1] for r in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {q}", p)) for q, p in statements]
+        c.exec_driver_sql("SET enable_seqscan = off")
+        return [" / ".join(r[0] for r in c.exec_driver_sql(f"EXPLAIN {q}", p)) for q, p in statements]
+
+
+def test_descriptor_samples_read_their_indexes(store: Store) -> None:
+    store.add_inspections([inspection(verdict="defect:scratch", decision="anomalous", descriptor=[1.0]),
+                           inspection(descriptor=[0.0])])
+    labelled, passing = _sample_plans(store)
+    if store._engine.dialect.name == "sqlite":  # known answer: no table scan, no sort (no ANALYZE run)
+        assert labelled == "SCAN inspections USING INDEX ix_inspections_labelled"
+        assert passing == "SEARCH inspections USING INDEX ix_inspections_verdict_created_at_id (verdict=?)"
+    else:  # the query's WHERE implies the partial index's (PostgreSQL picks by statistics otherwise)
+        assert "ix_inspections_labelled" in labelled
 
 
 def test_two_stores_opening_a_fresh_database_together(store_url: str) -> None:

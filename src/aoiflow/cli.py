@@ -6,15 +6,17 @@ Parses flags, calls the library, prints; known errors become one red line and ex
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from aoiflow.config import DEFAULT_PRESET, PRESET_NAMES, REFERENCE_PRESETS, Config, ConfigError, TrainConfig, build_config
+from aoiflow.service.settings import ServiceSettings  # pydantic only: no FastAPI or torch for --help
 
 
 class _PlainHelp:
@@ -67,7 +69,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataLayoutError, ImageReadError, RunError, ExportError)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -726,6 +728,38 @@ def supervise_export(
     typer.echo(f"exported -> {path} (use it as `--supervised {path}` wherever a SUP folder is taken)")
 
 
+_SERVE_RENAMED = {"new_kind_k": "--new-kind-group"}  # serve flags not named after their ServiceSettings field
+
+
+def _serve_flag(field: str) -> str:
+    return _SERVE_RENAMED.get(field, "--" + field.replace("_", "-"))
+
+
+def _new_kind_default(field: str) -> Any:
+    return ServiceSettings.model_fields[field].default
+
+
+def _blame_serve_flag(err: Any) -> str:
+    """One refused setting, named by serve's flag; a check across settings (no field of its own)
+    has each setting its message names replaced by the flag."""
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["loc"]:
+        return f"{_serve_flag(str(err['loc'][0]))}: {msg}"
+    fields = ServiceSettings.model_fields
+    return re.sub(r"\b[a-z]+(?:_[a-z0-9]+)+\b", lambda m: _serve_flag(m[0]) if m[0] in fields else m[0], msg)
+
+
+def _service_settings(values: dict[str, Any]) -> ServiceSettings:
+    """``ServiceSettings`` from serve's flags (None: not given, the setting's default); a bad value
+    exits with its flag named."""
+    import pydantic
+
+    try:
+        return ServiceSettings(**{field: value for field, value in values.items() if value is not None})
+    except pydantic.ValidationError as exc:
+        _fail(ConfigError("; ".join(_blame_serve_flag(e) for e in exc.errors())))
+
+
 @app.command()
 def serve(
     run: Path = typer.Option(..., "--run", help="run folder written by `aoiflow train`, or an exported .onnx/.xml model"),
@@ -754,26 +788,55 @@ def serve(
     cors: list[str] = typer.Option([], "--cors", help="allow this browser origin (repeatable; CORS is off without)"),
     threads: Optional[int] = ThreadsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
+    new_kind: Optional[bool] = typer.Option(None, "--new-kind/--no-new-kind",
+                                            help="alert when flagged parts unlike every known kind gather into a "
+                                                 "group (default on)"),
+    new_kind_group: Optional[int] = typer.Option(None, "--new-kind-group",
+                                                 help="alike novel parts that make a new kind: the alert fires "
+                                                      f"with the last (default {_new_kind_default('new_kind_k')})"),
+    new_kind_window: Optional[int] = typer.Option(None, "--new-kind-window",
+                                                  help="inspections a new kind's parts must gather within, at least "
+                                                       "--new-kind-group (default "
+                                                       f"{_new_kind_default('new_kind_window')})"),
+    new_kind_margin: Optional[float] = typer.Option(None, "--new-kind-margin",
+                                                    help="a part is novel beyond this many radii of every known kind; "
+                                                         "larger: fewer, surer alerts (at least 1, default "
+                                                         f"{_new_kind_default('new_kind_margin')})"),
+    new_kind_min_samples: Optional[int] = typer.Option(None, "--new-kind-min-samples",
+                                                       help="labelled parts a kind needs to count as known (default "
+                                                            f"{_new_kind_default('new_kind_min_samples')})"),
+    new_kind_min_normals: Optional[int] = typer.Option(None, "--new-kind-min-normals",
+                                                       help="stored passing parts needed before the rule judges any "
+                                                            "part, at most --new-kind-passing (default "
+                                                            f"{_new_kind_default('new_kind_min_normals')})"),
+    new_kind_passing: Optional[int] = typer.Option(None, "--new-kind-passing",
+                                                   help="newest passing parts the reference of normal is fitted on "
+                                                        f"(default {_new_kind_default('new_kind_passing')})"),
+    new_kind_labelled: Optional[int] = typer.Option(None, "--new-kind-labelled",
+                                                    help="newest labelled parts the known kinds are fitted on "
+                                                         f"(default {_new_kind_default('new_kind_labelled')})"),
+    new_kind_refit_every: Optional[int] = typer.Option(None, "--new-kind-refit-every",
+                                                       help="inspections between refits of the known kinds from the "
+                                                            "store (default "
+                                                            f"{_new_kind_default('new_kind_refit_every')})"),
 ) -> None:
     """Run the line service: HTTP API (docs at /docs), store, folder watcher, alerts."""
     import logging
 
-    import pydantic
     import uvicorn
 
     from aoiflow.service.app import create_app
     from aoiflow.service.pipeline import default_loader
-    from aoiflow.service.settings import ServiceSettings
 
     _short_warnings()
-    try:
-        settings = ServiceSettings(
-            run=run, supervised=supervised, db=db, data_dir=data_dir, watch=watch, host=host, port=port,
-            token=token or None, read_token=read_token, max_upload_mb=max_upload_mb, queue=queue, raw=raw,
-            threshold=threshold, overlays=overlays, mqtt=mqtt, webhook=webhook, cors=cors,
-            threads=threads or DEFAULT_THREADS, max_pixels=max_pixels)
-    except pydantic.ValidationError as exc:
-        _fail(ConfigError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())))
+    settings = _service_settings(dict(
+        run=run, supervised=supervised, db=db, data_dir=data_dir, watch=watch, host=host, port=port,
+        token=token or None, read_token=read_token, max_upload_mb=max_upload_mb, queue=queue, raw=raw,
+        threshold=threshold, overlays=overlays, mqtt=mqtt, webhook=webhook, cors=cors,
+        threads=threads or DEFAULT_THREADS, max_pixels=max_pixels, new_kind=new_kind, new_kind_k=new_kind_group,
+        new_kind_window=new_kind_window, new_kind_margin=new_kind_margin, new_kind_min_samples=new_kind_min_samples,
+        new_kind_min_normals=new_kind_min_normals, new_kind_passing=new_kind_passing,
+        new_kind_labelled=new_kind_labelled, new_kind_refit_every=new_kind_refit_every))
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: listening on {host} without --token: anyone who can reach it may upload, review and "
                     "switch models", fg=typer.colors.YELLOW, err=True)

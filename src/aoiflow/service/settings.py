@@ -79,9 +79,13 @@ class ServiceSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _new_kind_window(self) -> ServiceSettings:
-        if self.new_kind_window < self.new_kind_k:
-            raise ValueError(f"new_kind_window ({self.new_kind_window}) must be at least new_kind_k ({self.new_kind_k})")
+    def _new_kind_limits(self) -> ServiceSettings:
+        # Each pair (smaller, larger): otherwise no group could ever gather, no kind could ever be
+        # known, or the reference of normal (fitted on at most new_kind_passing parts) never be fitted.
+        for small, large in (("new_kind_k", "new_kind_window"), ("new_kind_min_samples", "new_kind_labelled"),
+                             ("new_kind_min_normals", "new_kind_passing")):
+            if getattr(self, large) < getattr(self, small):
+                raise ValueError(f"{large} ({getattr(self, large)}) must be at least {small} ({getattr(self, small)})")
         return self
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ from .records import (
     ReviewActionRecord,
     utcnow,
 )
-from .tables import AlertRow, Base, InspectionRow, ModelVersionRow, ProcessedFileRow, ReviewActionRow
+from .tables import LABELLED, AlertRow, Base, InspectionRow, ModelVersionRow, ProcessedFileRow, ReviewActionRow
 
 R = TypeVar("R")
 _STREAM_BATCH = 500  # rows fetched at a time when exporting or counting statistics
@@ -250,11 +250,10 @@ class Store:
         row = InspectionRow
         columns = (row.descriptor, row.decision, row.verdict, row.review_status, row.review_label)
         newest = (row.created_at.desc(), row.id.desc())
-        named = sa.or_(row.verdict.like("defect:%"), row.review_status.is_not(None))
         ok = sa.and_(row.decision == "normal", row.verdict == "ok", row.review_status.is_(None))
-        with self._session() as session:
+        with self._session() as session:  # LABELLED is its partial index's WHERE (tables.py): keep it whole
             return [DescriptorSample(*r) for query in (
-                sa.select(*columns).where(row.descriptor.is_not(None), named).order_by(*newest).limit(labelled),
+                sa.select(*columns).where(LABELLED).order_by(*newest).limit(labelled),
                 sa.select(*columns).where(row.descriptor.is_not(None), ok).order_by(*newest).limit(passing))
                 for r in session.execute(query).tuples()]
 

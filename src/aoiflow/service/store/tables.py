@@ -87,6 +87,23 @@ class InspectionRow(Base):
     reviewed_regions: Mapped[list[Any] | None]  # the regions a review left (revision 0002)
 
 
+# Indexes for ``Store.descriptor_samples`` (the new-kind rule's refits, ``service/known_kinds.py``),
+# both read newest first with a LIMIT (revision 0003):
+# * labelled parts (a ``defect:<kind>`` verdict, or any review) are rare and an OR with LIKE, which
+#   no column index serves: a partial index of exactly those rows in time order. A database uses a
+#   partial index only when it sees that the query's WHERE implies the index's, so the query uses
+#   LABELLED itself, its literals inline (a bound parameter's value is unknown when a plan is made);
+# * passing parts (verdict "ok") are most rows: (verdict, created_at, id) finds them by equality
+#   already in order, which SQLite picks even without ANALYZE statistics (a partial index loses
+#   there to ix_inspections_verdict plus a sort).
+LABELLED = sa.and_(InspectionRow.descriptor.is_not(None),
+                   sa.or_(InspectionRow.verdict.like(sa.literal("defect:%", literal_execute=True)),
+                          InspectionRow.review_status.is_not(None)))
+sa.Index("ix_inspections_labelled", InspectionRow.created_at, InspectionRow.id,
+         sqlite_where=LABELLED, postgresql_where=LABELLED)
+sa.Index("ix_inspections_verdict_created_at_id", InspectionRow.verdict, InspectionRow.created_at, InspectionRow.id)
+
+
 class ReviewActionRow(Base):
     """One action of an operator's review (revision 0002)."""
 
