@@ -658,6 +658,46 @@ def print_tables(results: dict, args: argparse.Namespace) -> list[str]:
     return notes
 
 
+def plot_shares(results: dict, out_png: Path) -> Path | None:
+    """One row per set: image AUROC, mIoU, region F1 and the two-stage verdict's accuracy against
+    the share of the pool labelled, a line per label set, GANomaly alone as a dashed line. None
+    when no set has two shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = {n: r for n, r in results.items() if len({m["share"] for m in r["models"].values()}) > 1}
+    if not sets:
+        return None
+    # GANomaly alone names no kind: its line is its any-defect figure, and absent for the verdicts
+    panels = (("image AUROC", lambda m: m["metrics"]["image"]["auroc"], lambda g: g["image_auroc"]),
+              ("mIoU (defect kinds)", lambda m: m["metrics"]["pixel"]["mean_iou"], lambda g: g["pixel_iou_any_defect"]),
+              ("region F1 @ IoU 0.5", lambda m: m["metrics"]["regions_iou_0.5"]["all"]["f1"],
+               lambda g: g["region"]["f1"]),
+              ("two-stage verdict accuracy", lambda m: m["two_stage"]["accuracy"], None))
+    fig, axes = plt.subplots(len(sets), len(panels), figsize=(16, 3.4 * len(sets)), squeeze=False)
+    for row, (name, r) in zip(axes, sets.items()):
+        for ax, (title, get, get_ganomaly) in zip(row, panels):
+            for variant in VARIANTS:
+                pts = sorted((m["share"], get(m)) for m in r["models"].values()
+                             if m["variant"] == variant and not m["leave_out"] and "metrics" in m)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=VARIANT_NAMES[variant])
+            g = get_ganomaly(r["ganomaly"]) if get_ganomaly else None
+            if g is not None:
+                ax.axhline(g, color="grey", ls="--", label="GANomaly alone")
+            ax.set(title=f"{name}: {title}", xlabel="share of the pool labelled (%)", xscale="log", ylim=(0, 1))
+            ax.set_xticks([10, 25, 50, 100], ["10", "25", "50", "100"])
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def hurt_notes(name: str, r: dict) -> list[str]:
     notes = []
     for s, e in r["effort"].items():
@@ -712,7 +752,7 @@ def parse_shares(text: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="append", metavar="SET=RUN", required=True,
+    ap.add_argument("--run", action="append", metavar="SET=RUN",
                     help="the GANomaly run of a set (repeat): tile=RUN, led=RUN, or NAME=RUN with --data NAME=DIR")
     ap.add_argument("--data", action="append", metavar="SET=DIR",
                     help=f"a set's data (MVTec layout with masks); tile defaults to {SHARED_TILE}, led to a "
@@ -757,7 +797,17 @@ def main() -> None:
     ap.add_argument("--pixel-threshold", type=float, default=None, help="map threshold of the regions and the "
                                                                          "two-stage rule (default: the run's)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--plot", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="only draw OUT/shares.png from these results files (several sets in one figure)")
     args = ap.parse_args()
+    if args.plot:  # only draw the shares figure of earlier results
+        results = {}
+        for path in args.plot:
+            results.update(json.loads(path.read_text())["sets"])
+        print(f"figure: {plot_shares(results, args.out / 'shares.png')}")
+        return
+    if not args.run:
+        ap.error("--run SET=RUN is required (or --plot JSON)")
 
     torch.set_num_threads(args.threads)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -799,6 +849,9 @@ def main() -> None:
     atomic_write_text(out, json.dumps({"settings": settings, "sets": results, "notes": notes, "seconds": total},
                                       indent=1, default=str))
     print(f"results: {out}")
+    figure = plot_shares(results, out.with_suffix(".png"))
+    if figure:
+        print(f"figure: {figure}")
 
 
 if __name__ == "__main__":
