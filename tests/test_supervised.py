@@ -28,7 +28,7 @@ from aoiflow.supervised.metrics import (accuracy, class_scores, image_auroc, ima
                                         mean_score, pixel_confusion, precision_recall, region_counts)
 from aoiflow.supervised.model import SupervisedError, SupervisedModel
 from aoiflow.supervised.train import extend_plan, fit_supervised, lr_factor
-from aoiflow.supervised.verdict import anomalous_area, class_regions, region_dicts, two_stage_verdict
+from aoiflow.supervised.verdict import anomalous_area, class_regions, explained_area, region_dicts, two_stage_verdict
 from aoiflow.train import TrainingInterrupted
 
 runner = CliRunner()
@@ -445,13 +445,29 @@ class TestTwoStageVerdict:
 
     def test_anomalous_area_covered_by_a_known_kind(self):
         amap = np.zeros((20, 20))
-        amap[9:12, 5:15] = 1.0    # 30 px around the crack: the crack covers 10 of them
+        amap[9:12, 5:15] = 1.0    # 30 px around the crack (GANomaly's halo): the crack's 10 px explain the spot
         verdict, kind, conf, regions = two_stage_verdict("anomalous", amap, 0.5, _probs(self._scene()), self.names,
-                                                         0.5, min_cover=0.3)
+                                                         0.5)
         assert (verdict, kind, conf) == ("defect:crack", "crack", pytest.approx(0.9)) and len(regions) == 2
-        # the same area with the default min_cover 0.5: a third covered is not enough
-        assert two_stage_verdict("anomalous", amap, 0.5, _probs(self._scene()), self.names, 0.5)[:3] == \
-            ("unknown_anomaly", None, None)
+
+    def test_unexplained_spots_beyond_min_cover_make_it_unknown(self):
+        amap = np.zeros((20, 20))
+        amap[9:12, 5:15] = 1.0    # 30 px around the crack: explained
+        amap[14:20, 14:20] = 1.0  # 36 px where no known kind is: 30 of 66 explained (0.45)
+        probs = _probs(self._scene())
+        assert two_stage_verdict("anomalous", amap, 0.5, probs, self.names, 0.5)[:3] == ("unknown_anomaly", None, None)
+        verdict, kind, _, _ = two_stage_verdict("anomalous", amap, 0.5, probs, self.names, 0.5, min_cover=0.4)
+        assert (verdict, kind) == ("defect:crack", "crack")
+
+    def test_explained_area_takes_whole_parts_a_known_region_touches(self):
+        area = np.zeros((8, 8), bool)
+        area[0:3, 0:3] = True     # part 1 (9 px), touched at one pixel
+        area[5:8, 5:8] = True     # part 2 (9 px), untouched
+        known = np.zeros((8, 8), bool)
+        known[2, 2] = known[4, 0] = True  # (4, 0) lies outside the area: it explains nothing
+        out = explained_area(area, known)
+        assert out.sum() == 9 and out[0:3, 0:3].all() and not out[5:8, 5:8].any()
+        assert not explained_area(area, np.zeros((8, 8), bool)).any()
 
     def test_dominant_kind_is_the_one_covering_most_of_the_area(self):
         amap = np.zeros((20, 20))

@@ -156,11 +156,13 @@ def two_stage_verdict(decision: str, anomaly_map: np.ndarray, pixel_threshold: f
       defect GANomaly missed: ``("defect:<kind>", kind, confidence, regions)``, the kind with the
       most region pixels, its confidence the mean probability of that kind over its regions.
     - ``decision == "anomalous"``: the anomalous area is ``anomaly_map > pixel_threshold`` (where
-      that is empty, or the threshold is None, the ``top_fraction`` highest pixels, 1 %). When
-      regions cover at least ``min_cover`` of that area, ``("defect:<kind>", kind, confidence,
-      regions)`` with the kind covering most of the area, its confidence the mean probability of
-      that kind over the anomalous pixels its regions cover. Otherwise GANomaly saw something the
-      model cannot name: ``("unknown_anomaly", None, None, regions)``.
+      that is empty, or the threshold is None, the ``top_fraction`` highest pixels, 1 %), split
+      into its connected parts (8-connectivity). A part is explained when a region of a known kind
+      overlaps it (``explained_area``). When explained parts hold at least ``min_cover`` of the
+      anomalous area, ``("defect:<kind>", kind, confidence, regions)`` with the kind that has the
+      most pixels inside the anomalous area, its confidence the mean probability of that kind over
+      those pixels. Otherwise GANomaly saw something the model cannot name:
+      ``("unknown_anomaly", None, None, regions)``.
 
     ``regions`` are all kept regions as ``region_dicts`` with polygons, in (H, W) pixels, largest
     first. Raises ValueError for another decision or mismatched shapes."""
@@ -185,9 +187,23 @@ def two_stage_verdict(decision: str, anomaly_map: np.ndarray, pixel_threshold: f
         k = int(np.bincount(class_map.ravel(), minlength=probs.shape[0])[1:].argmax()) + 1
         return f"defect:{class_names[k - 1]}", class_names[k - 1], float(probs[k][class_map == k].mean()), found
     area = anomalous_area(amap, pixel_threshold, top_fraction)
-    covered = np.bincount(class_map[area], minlength=probs.shape[0])
-    if covered[1:].sum() >= min_cover * area.sum() and covered[1:].sum() > 0:
-        k = int(covered[1:].argmax()) + 1
+    explained = explained_area(area, class_map > 0)
+    if explained.any() and explained.sum() >= min_cover * area.sum():
+        k = int(np.bincount(class_map[area], minlength=probs.shape[0])[1:].argmax()) + 1
         confidence = float(probs[k][area & (class_map == k)].mean())
         return f"defect:{class_names[k - 1]}", class_names[k - 1], confidence, found
     return "unknown_anomaly", None, None, found
+
+
+def explained_area(area: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """bool (H, W): the connected parts (8-connectivity) of ``area`` that ``known`` overlaps.
+
+    Whole parts, not overlapping pixels: GANomaly's map is smooth (``map_sigma``) and coarser than
+    the kind model's outline, so its anomalous area around a thin crack is several times the
+    crack's own pixels; the crack still explains that spot. A part with no known region in it
+    is what no known kind explains."""
+    count, parts = cv2.connectedComponents(area.astype(np.uint8), connectivity=8)
+    hit = np.zeros(count, bool)
+    hit[np.unique(parts[area & known])] = True
+    hit[0] = False  # outside the area
+    return hit[parts]
