@@ -46,9 +46,14 @@ class TimeBudget:
         """Seconds GANomaly's epochs may still take."""
         return self._deadline(1.0 - self.head_share) - (time.perf_counter() if now is None else now)
 
+    @property
+    def head_deadline(self) -> float:
+        """The ``time.perf_counter()`` value the head's steps must end by (the calibration reserve after)."""
+        return self._deadline(1.0)
+
     def head_left(self, now: float | None = None) -> float:
-        """Seconds the head's steps may still take (everything before the calibration reserve)."""
-        return self._deadline(1.0) - (time.perf_counter() if now is None else now)
+        """Seconds the head's steps may still take."""
+        return self.head_deadline - (time.perf_counter() if now is None else now)
 
 
 def units_that_fit(done: int, seconds_per_unit: float, seconds_left: float, planned: int) -> int:

@@ -326,7 +326,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     try:
         _train_epochs(state, train_set.images, val_set.images, config, start_epoch, history, save, progress, replan)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), t.epochs)) from None
+        raise TrainingInterrupted(_interrupted_message(data_root, run_dir, len(history), config.train.epochs)) from None
     distributed.release(state)
     if not distributed.is_main():  # rank 0 calibrates and writes the model
         return run_dir / CHECKPOINT
@@ -334,7 +334,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
     done = max(start_epoch, config.train.epochs)  # config: the epochs a time budget chose
     model = TrainedModel(state.generator, config, channels, None, done, split, split.get("root"))
     if config.head.enabled:
-        deadline = time.perf_counter() + budget.head_left() if budget.active else None
+        deadline = budget.head_deadline if budget.active else None
         model.head, _, steps = train_head(state.generator, train_set.images, config, progress, deadline=deadline)
         if steps < config.head.steps:
             config = config.model_copy(update={"head": config.head.model_copy(update={"steps": steps})})
