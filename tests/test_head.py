@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from aoiflow.config import ConfigError, build_config
-from aoiflow.head import DefectHead, head_loss, train_head
+from aoiflow.head import DefectHead, head_loss, synthetic_validation, train_head
 from aoiflow.headrun import add_head
 from aoiflow.model import build_networks
 from aoiflow.predict import Inspector
-from aoiflow.runs import TrainedModel
+from aoiflow.runs import TrainedModel, load_head_validation
 from aoiflow.synthdefect import VISIBLE, add_synthetic_defects, blob_mask, scratch_mask
 from aoiflow.train import fit
 from aoiflow.unet import UNet
@@ -35,6 +35,15 @@ def test_masks_cover_what_they_promise():
     assert 0.002 <= min(shares) and max(shares) <= 0.08
     scratch = scratch_mask(128, rng)
     assert set(scratch.unique().tolist()) <= {0.0, 1.0} and 0 < scratch.mean() < 0.1
+
+
+def test_a_larger_max_area_paints_larger_blobs_and_still_small_ones():
+    rng = np.random.default_rng(0)
+    shares = np.array([float(blob_mask(128, rng, max_area=0.5).mean()) for _ in range(200)])
+    assert shares.max() <= 0.52 and (shares > 0.2).mean() > 0.1   # log-uniform 0.3-50 %: ~17 % above 20 %
+    assert (shares < 0.06).mean() > 0.45                          # ~58 % as small as the default's
+    with pytest.raises(ValueError, match="max_area"):
+        blob_mask(64, rng, max_area=1.5)
 
 
 def test_painted_defects_are_labelled_where_the_image_changed_and_nowhere_else():
@@ -88,6 +97,11 @@ def test_a_head_learns_painted_defects_on_a_texture(tiny_config):
     score = prob.flatten(1).topk(10, dim=1).values.mean(1).numpy()
     truth = np.r_[np.zeros(40), np.ones(40)]
     assert roc_auc_score(truth, score) >= 0.85
+    # the synthetic validation on unseen normals tells this head from an untrained one
+    trained = synthetic_validation(g, head, texture(40), cfg)
+    untrained = synthetic_validation(g, DefectHead(1, 8, 2, 1), texture(40), cfg)
+    assert trained["images"] == 40
+    assert trained["pixel_auroc"] > 0.85 and trained["pixel_auroc"] > untrained["pixel_auroc"] + 0.1
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +116,8 @@ def test_a_run_with_a_head_scores_through_it(head_run):
     model = TrainedModel.load(head_run)
     assert model.head is not None and model.config.head.enabled and model.config.scoring.lam == 1.0
     assert model.map_stats is None  # the head's map is not normalised per position
+    validation = load_head_validation(head_run)
+    assert set(validation) == {"pixel_auroc", "image_auroc", "images"} and 0 <= validation["image_auroc"] <= 1
     x = torch.rand(3, 1, 32, 32)
     r, l, amap, x_hat = model.score_batch(x)
     assert amap.shape == (3, 1, 32, 32) and float(amap.min()) >= 0 and float(amap.max()) <= 1  # a probability

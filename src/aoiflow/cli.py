@@ -347,7 +347,12 @@ def train_head_command(
     width: Optional[int] = typer.Option(None, help="U-Net width of the first stage (default 16)"),
     full_size: bool = typer.Option(False, "--full-size", help="run the head at the model size, not half "
                                                                "(finer maps, about 3x slower)"),
+    max_defect_area: Optional[float] = typer.Option(None, help="largest painted defect blob, share of the "
+                                                                "image (default 0.06)"),
     lam: Optional[float] = typer.Option(None, help="weight of the head's map in A against L (default 1.0)"),
+    augment: Optional[str] = typer.Option(None, help="comma-separated transforms that keep a normal part "
+                                                      "normal, for the head's batches: hflip,vflip,rot90,shift "
+                                                      "(default: the run's train.augment)"),
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -357,14 +362,16 @@ def train_head_command(
     from aoiflow.headrun import add_head
 
     _short_warnings()
-    settings = {k: v for k, v in {"steps": steps, "width": width}.items() if v is not None}
+    settings = {k: v for k, v in {"steps": steps, "width": width, "max_defect_area": max_defect_area}.items()
+                if v is not None}
     if full_size:
         settings["downsample"] = 1
     try:
         if lam is not None and not 0 <= lam <= 1:
             raise ConfigError(f"--lam {lam}: must be between 0 and 1")
         torch.set_num_threads(threads or DEFAULT_THREADS)
-        model = add_head(run, settings, lam, progress=not quiet)
+        kinds = None if augment is None else [k.strip() for k in augment.split(",") if k.strip()]
+        model = add_head(run, settings, lam, progress=not quiet, augment=kinds)
     except _known_errors() as exc:
         _fail(exc)
     typer.echo(f"head trained for {run}: {model.calibration.summary()}")

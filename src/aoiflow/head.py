@@ -114,7 +114,7 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
         idx = torch.from_numpy(rng.choice(len(images), min(hc.batch_size, len(images)), replace=False))
         x = tiling.random_crops(images[idx], config.model.image_size, torch_gen)  # no-op without patches
         x = augment_batch(x, config.train.augment, torch_gen)
-        x, labels = add_synthetic_defects(x, rng, hc.defect_share)
+        x, labels = add_synthetic_defects(x, rng, hc.defect_share, hc.max_defect_area)
         x_hat = _reconstruct(generator, x)
         loss = head_loss(head(x, x_hat, residual_map(x, x_hat, config.scoring)), labels)
         opt.zero_grad(set_to_none=True)
@@ -130,6 +130,39 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return head.eval(), losses, steps
+
+
+@torch.no_grad()
+def synthetic_validation(generator: Generator, head: DefectHead, val_images: torch.Tensor, config: Config,
+                         batch: int = 32) -> dict[str, float]:
+    """How well the head finds painted defects on held-out normals it never trained on: pixel
+    AUROC inside the painted images, and image AUROC (the map's maximum) of painted against clean.
+    Seeded, so runs compare; it judges fit (steps, width, resolution), not the defect prior, since
+    the painted defects come from the same generator the head trained on."""
+    from sklearn.metrics import roc_auc_score  # only here: scoring at inference never needs it
+
+    rng = np.random.default_rng(12345)
+    torch_gen = torch.Generator().manual_seed(12345)
+    clean = tiling.random_crops(val_images, config.model.image_size, torch_gen)
+    painted, labels = add_synthetic_defects(clean, rng, 0.999, config.head.max_defect_area)
+    generator.eval()
+    head.eval()
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            x_hat = _reconstruct(generator, xb)
+            out.append(torch.sigmoid(head(xb, x_hat, residual_map(xb, x_hat, config.scoring))))
+        return torch.cat(out)
+
+    p_painted, p_clean = probabilities(painted), probabilities(clean)
+    has_defect = labels.flatten(1).amax(1) > 0
+    truth = labels[has_defect].flatten().numpy()
+    pixel = float(roc_auc_score(truth, p_painted[has_defect].flatten().numpy())) if 0 < truth.mean() < 1 else float("nan")
+    peaks = torch.cat([p_clean.flatten(1).amax(1), p_painted[has_defect].flatten(1).amax(1)]).numpy()
+    image = float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(int(has_defect.sum()))], peaks))
+    return {"pixel_auroc": pixel, "image_auroc": image, "images": len(clean)}
 
 
 def _one_cycle(opt: torch.optim.Optimizer, lr: float, total: int, done: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:

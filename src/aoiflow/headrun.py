@@ -15,20 +15,24 @@ from tqdm import tqdm
 
 from aoiflow import data
 from aoiflow.config import ConfigError, HeadConfig, save_config
-from aoiflow.head import train_head
+from aoiflow.head import synthetic_validation, train_head
 from aoiflow.recalibrate import finish_model
-from aoiflow.runs import CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
+from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint,
+                          save_head_validation, save_model)
 
 
 def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, lam: float | None = None,
-             progress: bool = True) -> TrainedModel:
+             progress: bool = True, augment: list[str] | None = None) -> TrainedModel:
     """Train a head for ``run_dir`` with ``head_settings`` (fields of ``HeadConfig``; the run's
-    own otherwise) and image-score weight ``lam`` (1.0 unless given: the head's map alone)."""
+    own otherwise), image-score weight ``lam`` (1.0 unless given: the head's map alone) and
+    ``augment`` (``train.augment`` for the head's batches; the run's own unless given)."""
     run_dir = Path(run_dir)
     model = TrainedModel.load(run_dir)
     config = model.config.model_copy(deep=True)
     try:
         config.head = HeadConfig.model_validate({**config.head.model_dump(), **(head_settings or {}), "enabled": True})
+        if augment is not None:
+            config.train = config.train.model_validate({**config.train.model_dump(), "augment": augment})
     except ValidationError as exc:
         raise ConfigError("head: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                                 for e in exc.errors())) from None
@@ -45,6 +49,7 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     model.head, losses, _ = train_head(model.generator, train.images, config, progress)
     if progress:
         tqdm.write(f"head: {config.head.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    save_head_validation(run_dir, synthetic_validation(model.generator, model.head, val.images, config))
     model = finish_model(model, train.images, val.images)
     _store(run_dir, model)
     return model

@@ -11,6 +11,7 @@ Layout of RUN/:
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from aoiflow.calibrate import Calibration
 from aoiflow.config import Config
-from aoiflow.fileio import atomic_write, file_digest
+from aoiflow.fileio import atomic_write, atomic_write_text, file_digest
 from aoiflow.head import DefectHead, build_head
 from aoiflow.model import Generator
 from aoiflow.scoring import MapStats, RawScores, score_batch, score_images
@@ -30,6 +31,7 @@ MODEL = "model.pt"
 MODEL_FORMAT = "aoiflow-model/1"
 CONFIG = "config.yaml"
 HISTORY = "history.csv"
+HEAD_VALIDATION = "head_validation.json"  # aoiflow.head.synthetic_validation of the run's head
 
 
 class RunError(ValueError):
@@ -42,6 +44,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def save_model(run_dir: Path, state: dict[str, Any]) -> None:
     save_checkpoint(Path(run_dir) / MODEL, state)
+
+
+def save_head_validation(run_dir: Path, result: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / HEAD_VALIDATION, json.dumps(result, indent=1) + "\n")
+
+
+def load_head_validation(run_dir: Path) -> dict[str, Any] | None:
+    """The head's synthetic validation, if the run has a head and it was measured."""
+    path = Path(run_dir) / HEAD_VALIDATION
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _safe_load(path: Path) -> dict[str, Any]:

@@ -33,11 +33,17 @@ def noise_field(size: int, cells: int, rng: np.random.Generator) -> torch.Tensor
     return F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)[0, 0]
 
 
-def blob_mask(size: int, rng: np.random.Generator) -> torch.Tensor:
-    """(S, S) 0/1 mask of one or a few blobs covering 0.3 %-6 % of the image."""
+MIN_AREA = 0.003  # smallest blob, share of the image
+
+
+def blob_mask(size: int, rng: np.random.Generator, max_area: float = 0.06) -> torch.Tensor:
+    """(S, S) 0/1 mask of one or a few blobs covering 0.3 % to ``max_area`` of the image
+    (log-uniform, so small blobs stay as common as they are with a smaller ``max_area``)."""
+    if not MIN_AREA < max_area < 1:
+        raise ValueError(f"max_area {max_area}: expected between {MIN_AREA} and 1")
     cells = int(rng.choice([4, 6, 8, 12]))
     field = noise_field(size, cells, rng) + 0.5 * noise_field(size, cells * 2, rng)
-    share = math.exp(rng.uniform(math.log(0.003), math.log(0.06)))
+    share = math.exp(rng.uniform(math.log(MIN_AREA), math.log(max_area)))
     return (field >= torch.quantile(field.flatten(), 1.0 - share)).float()
 
 
@@ -75,9 +81,9 @@ def _fill(x: torch.Tensor, i: int, kind: str, rng: np.random.Generator) -> torch
     raise ValueError(f"unknown fill {kind!r}; expected one of {FILLS}")
 
 
-def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator,
-                          share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paint defects on about ``share`` of a batch of normal images.
+def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator, share: float = 0.5,
+                          max_area: float = 0.06) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paint defects on about ``share`` of a batch of normal images; blobs cover up to ``max_area``.
 
     x: (B, C, S, S) in [0, 1] -> (images with defects (B, C, S, S), labels (B, 1, S, S) in {0, 1});
     images left normal have an all-zero label.
@@ -88,7 +94,7 @@ def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator,
     for i in range(len(x)):
         if rng.random() >= share:
             continue
-        mask = scratch_mask(size, rng) if rng.random() < 0.3 else blob_mask(size, rng)
+        mask = scratch_mask(size, rng) if rng.random() < 0.3 else blob_mask(size, rng, max_area)
         strength = rng.uniform(0.4, 1.0)
         fill = _fill(x, i, str(rng.choice(FILLS)), rng)
         blended = x[i] * (1 - strength * mask) + fill * strength * mask

@@ -19,11 +19,12 @@ from aoiflow.config import Config, save_config
 from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
 from aoiflow.model import Discriminator, Generator, build_networks, init_weights
-from aoiflow.runs import CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint, save_model
+from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint,
+                          save_head_validation, save_model)
 from aoiflow import tiling
 from aoiflow.augment import augment_batch
 from aoiflow.budget import TimeBudget, calibration_reserve, units_that_fit
-from aoiflow.head import train_head
+from aoiflow.head import synthetic_validation, train_head
 from aoiflow.recalibrate import MAP_STATS_IMAGES, finish_model
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
@@ -340,6 +341,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
             config = config.model_copy(update={"head": config.head.model_copy(update={"steps": steps})})
             model.config = config
             save_config(config, run_dir / CONFIG)
+        save_head_validation(run_dir, synthetic_validation(state.generator, model.head, val_set.images, config))
     model = finish_model(model, train_set.images, val_set.images)
     if progress:
         tqdm.write(f"calibration: {model.calibration.summary()}")
