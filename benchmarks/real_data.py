@@ -27,7 +27,7 @@ import torch
 
 from aoiflow.config import PRESET_NAMES, build_config
 from aoiflow.evaluate import evaluate, scoring_ms
-from aoiflow.runs import TrainedModel
+from aoiflow.runs import TrainedModel, load_head_validation
 from aoiflow.train import fit_like
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -80,6 +80,7 @@ def main() -> None:
                    "auroc_R": m["image_auroc_R_only"], "auroc_L": m["image_auroc_L_only"],
                    "f1": m["f1_at_threshold"], "train_s": train_s,  # summed epoch times from the history (shared when networks are reused)
                    "fit_wall_s": wall_s,
+                   "head_val": load_head_validation(run),  # painted defects on held-out normals (not test data)
                    "ms_b1": scoring_ms(model, 1, 50), "ms_b32": scoring_ms(model, 32, 5)}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -87,14 +88,18 @@ def main() -> None:
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"\nbudget: {args.epochs} epochs, batch {args.batch_size}, base width {args.base_width}, lr {args.lr}, "
           f"seed {args.seed}, canvas {args.canvas or 'off'}, 2 threads")
-    print("| set | preset | px | canvas | epochs | head steps | image AUROC | pixel AUROC | PRO | AUROC R only | AUROC L only | F1@thr | FPR@thr "
-          "| GANomaly s | fit wall s | ms/img b1 | ms/img b32 |")
-    print("|" + "---|" * 17)
+    print("| set | preset | px | canvas | epochs | head steps | head val px/img | image AUROC | pixel AUROC | PRO "
+          "| AUROC R only | AUROC L only | F1@thr | FPR@thr | GANomaly s | fit wall s | ms/img b1 | ms/img b32 |")
+    print("|" + "---|" * 18)
     for r in rows:
         print(f"| {r['set']} | {r['preset']} | {r['image_size']} | {r['canvas'] or '–'} | {r['epochs']} | "
-              f"{r['head_steps'] or '–'} | {fmt(r['image_auroc'])} | "
+              f"{r['head_steps'] or '–'} | {_head_val(r['head_val'])} | {fmt(r['image_auroc'])} | "
               f"{fmt(r['pixel_auroc'])} | {fmt(r['pro'])} | {fmt(r['auroc_R'])} | {fmt(r['auroc_L'])} | {fmt(r['f1'])} | "
               f"{fmt(r['fpr_at_threshold'])} | {r['train_s']:.0f} | {r['fit_wall_s']:.0f} | {r['ms_b1']:.1f} | {r['ms_b32']:.1f} |")
+
+
+def _head_val(result: dict | None) -> str:
+    return "–" if result is None else f"{result['pixel_auroc']:.3f} / {result['image_auroc']:.3f}"
 
 
 if __name__ == "__main__":

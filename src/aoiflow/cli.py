@@ -152,6 +152,9 @@ def train(
     patch_stride: Optional[int] = typer.Option(None, "--patch-stride",
                                                help="step between scoring windows with --canvas (0 = 3/4 of a window)"),
     lr: Optional[float] = typer.Option(None, help=f"learning rate ({_preset_default('train.lr')})"),
+    head_steps: Optional[int] = typer.Option(None, "--head-steps", callback=_at_least(1),
+                                             help="optimiser steps of the synthetic-defect head, with "
+                                                  "--max-minutes at most (ganomaly-ssim-head; default 1500)"),
     seed: Optional[int] = typer.Option(None, help=f"random seed ({_preset_default('train.seed')})"),
     false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
                                                      help="share of normal parts the line may flag; sets the "
@@ -174,7 +177,7 @@ def train(
              "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
              "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width),
              "--canvas": ("model.canvas", canvas), "--patch-stride": ("scoring.patch_stride", patch_stride),
-             "--max-minutes": ("train.max_minutes", max_minutes)}
+             "--max-minutes": ("train.max_minutes", max_minutes), "--head-steps": ("head.steps", head_steps)}
     try:
         if preset is None and config is None and not resume:
             preset = DEFAULT_PRESET
@@ -348,7 +351,7 @@ def train_head_command(
     full_size: bool = typer.Option(False, "--full-size", help="run the head at the model size, not half "
                                                                "(finer maps, about 3x slower)"),
     max_defect_area: Optional[float] = typer.Option(None, help="largest painted defect blob, share of the "
-                                                                "image (default 0.06)"),
+                                                                "image (default 0.5)"),
     lam: Optional[float] = typer.Option(None, help="weight of the head's map in A against L (default 1.0)"),
     augment: Optional[str] = typer.Option(None, help="comma-separated transforms that keep a normal part "
                                                       "normal, for the head's batches: hflip,vflip,rot90,shift "

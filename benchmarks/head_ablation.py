@@ -1,0 +1,100 @@
+"""What each head setting gives on one trained run: the same GANomaly networks, the head trained
+again with one change at a time, judged first on painted defects on the run's held-out normals
+(the validation a setting is chosen on) and then on the set's test images.
+
+    .venv/bin/python benchmarks/head_ablation.py RUN DATA --out runs/head_ablation \\
+        --variant base=steps:1353 --variant area50=steps:1353,max_defect_area:0.5 ...
+
+A variant is ``name=field:value,...`` over ``HeadConfig`` fields, plus ``augment:hflip+vflip``.
+Each variant trains on a copy of RUN (RUN itself is never changed); a variant already evaluated
+under --out is read back, so an interrupted ablation resumes. Runs one after another: a head
+trains for minutes on two CPU cores, and two at once slow each other several times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from aoiflow.evaluate import evaluate
+from aoiflow.headrun import add_head
+from aoiflow.runs import load_head_validation
+
+RUN_FILES = ("model.pt", "checkpoint.pt", "config.yaml", "history.csv")
+
+
+def parse_variant(text: str) -> tuple[str, dict, list[str] | None]:
+    """'name=steps:1353,max_defect_area:0.5,augment:hflip+vflip' -> (name, settings, augment)."""
+    name, _, body = text.partition("=")
+    settings, augment = {}, None
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition(":")
+        if key == "augment":
+            augment = [k for k in value.split("+") if k]
+        else:
+            settings[key] = _number(value)
+    return name, settings, augment
+
+
+def _number(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def run_variant(base: Path, data: Path, out: Path, settings: dict, augment: list[str] | None) -> dict:
+    result_file = out / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, out / name)
+    t0 = time.perf_counter()
+    add_head(out, settings, progress=False, augment=augment)
+    head_s = time.perf_counter() - t0
+    m = evaluate(out, data, progress=False)
+    result = {"settings": settings, "augment": augment, "head_s": head_s, "validation": load_head_validation(out),
+              "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+              "pro": m["localisation"].get("pro_30"),
+              "per_kind": {k: v["image_auroc"] for k, v in m["per_defect_type"].items()}}
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a trained run (its GANomaly networks are kept)")
+    ap.add_argument("data", type=Path, help="the set's root (DATA/test is scored)")
+    ap.add_argument("--variant", action="append", required=True, help="name=field:value,... (see above)")
+    ap.add_argument("--out", type=Path, default=Path("runs/head_ablation"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for text in args.variant:
+        name, settings, augment = parse_variant(text)
+        r = run_variant(args.run, args.data, args.out / name, settings, augment)
+        rows.append((name, r))
+        print(name, json.dumps(r), flush=True)
+    print("\n| variant | settings | head s | validation pixel / image AUROC | image AUROC | pixel AUROC | PRO |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        v = r["validation"] or {}
+        what = ", ".join(f"{k} {val}" for k, val in r["settings"].items())
+        if r["augment"]:
+            what += f", augment {'+'.join(r['augment'])}"
+        print(f"| {name} | {what} | {r['head_s']:.0f} | {v.get('pixel_auroc', float('nan')):.3f} / "
+              f"{v.get('image_auroc', float('nan')):.3f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
+              f"{r['pro'] or float('nan'):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
