@@ -354,3 +354,13 @@ def test_serve_refuses_bad_new_kind_values_naming_the_flag(tmp_path, serve_setti
     result = runner.invoke(app, ["serve", "--run", str(tmp_path), *args])
     assert result.exit_code == 2 and result.output == f"error: {message}\n"
     assert serve_settings == []  # refused before the model is loaded
+
+
+def test_head_steps_flag_is_checked_and_reaches_the_config(tmp_path):
+    refused = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--preset",
+                                  "ganomaly-ssim-head", "--head-steps", "0"])
+    assert refused.exit_code == 2 and "Invalid value for '--head-steps': must be at least 1" in refused.output
+    from aoiflow.cli import _config
+
+    cfg = _config("ganomaly-ssim-head", None, {"--head-steps": ("head.steps", 77)})
+    assert cfg.head.steps == 77 and cfg.head.max_defect_area == 0.5
