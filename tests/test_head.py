@@ -148,6 +148,10 @@ def test_inspector_and_export_give_the_heads_scores(head_run, module_tile_subset
 def test_bad_head_settings_are_refused_by_name(head_run):
     with pytest.raises(ConfigError, match="width"):
         add_head(head_run, {"width": 1}, progress=False)
+    with pytest.raises(ConfigError, match=r"head\.max_defect_area"):
+        add_head(head_run, {"max_defect_area": 1.5}, progress=False)
+    with pytest.raises(ConfigError, match=r"train\.augment"):
+        add_head(head_run, augment=["spin"], progress=False)
 
 
 def test_the_head_preset_is_marked_beyond_the_reference():

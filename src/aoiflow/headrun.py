@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from aoiflow import data
-from aoiflow.config import ConfigError, HeadConfig, save_config
+from aoiflow.config import ConfigError, save_config
 from aoiflow.head import synthetic_validation, train_head
 from aoiflow.recalibrate import finish_model
 from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint,
@@ -29,13 +29,9 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     run_dir = Path(run_dir)
     model = TrainedModel.load(run_dir)
     config = model.config.model_copy(deep=True)
-    try:
-        config.head = HeadConfig.model_validate({**config.head.model_dump(), **(head_settings or {}), "enabled": True})
-        if augment is not None:
-            config.train = config.train.model_validate({**config.train.model_dump(), "augment": augment})
-    except ValidationError as exc:
-        raise ConfigError("head: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                for e in exc.errors())) from None
+    config.head = _updated("head", config.head, {**(head_settings or {}), "enabled": True})
+    if augment is not None:
+        config.train = _updated("train", config.train, {"augment": augment})
     config.scoring.lam = 1.0 if lam is None else lam
     model.config = config
     root = Path(model.data_root or "")
@@ -53,6 +49,15 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     model = finish_model(model, train.images, val.images)
     _store(run_dir, model)
     return model
+
+
+def _updated(name: str, section, updates: dict[str, Any]):
+    """``section`` with ``updates`` applied and checked; a bad value is a ConfigError naming its field."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **updates})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                    for e in exc.errors())) from None
 
 
 def _store(run_dir: Path, model: TrainedModel) -> None:

@@ -38,7 +38,7 @@ MIN_AREA = 0.003  # smallest blob, share of the image
 
 def blob_mask(size: int, rng: np.random.Generator, max_area: float = 0.06) -> torch.Tensor:
     """(S, S) 0/1 mask of one or a few blobs covering 0.3 % to ``max_area`` of the image
-    (log-uniform, so small blobs stay as common as they are with a smaller ``max_area``)."""
+    (log-uniform in area, so small blobs stay common as ``max_area`` grows)."""
     if not MIN_AREA < max_area < 1:
         raise ValueError(f"max_area {max_area}: expected between {MIN_AREA} and 1")
     cells = int(rng.choice([4, 6, 8, 12]))
