@@ -159,3 +159,12 @@ def test_the_head_preset_is_marked_beyond_the_reference():
 
     cfg = build_config("ganomaly-ssim-head")
     assert cfg.head.enabled and "ganomaly-ssim-head" not in REFERENCE_PRESETS
+
+
+def test_a_damaged_head_validation_file_is_named(tmp_path):
+    from aoiflow.runs import HEAD_VALIDATION, RunError
+
+    assert load_head_validation(tmp_path) is None  # no head, nothing measured
+    (tmp_path / HEAD_VALIDATION).write_text('{"pixel_auroc": 0.9')
+    with pytest.raises(RunError, match=r"head_validation\.json: not readable JSON"):
+        load_head_validation(tmp_path)

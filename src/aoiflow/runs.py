@@ -53,7 +53,12 @@ def save_head_validation(run_dir: Path, result: dict[str, Any]) -> None:
 def load_head_validation(run_dir: Path) -> dict[str, Any] | None:
     """The head's synthetic validation, if the run has a head and it was measured."""
     path = Path(run_dir) / HEAD_VALIDATION
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not readable JSON ({exc}); train the head again to rewrite it") from None
 
 
 def _safe_load(path: Path) -> dict[str, Any]:
