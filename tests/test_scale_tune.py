@@ -64,7 +64,10 @@ def _wait_for(probe, seconds: float, proc: subprocess.Popen, log: Path):
 
 def test_two_workers_share_a_search_and_a_killed_workers_trial_is_retried(tile_subset, tmp_path, tiny_config,
                                                                           pg_schema_url):
-    base = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"epochs": 1})})
+    # trials of a few seconds: a waiting worker polls every 0.5 s, so it takes the second slot of
+    # stage 2 while the other trains (with 1-second trials, a loaded CI machine let one worker take
+    # every slot after stage 1, and the other was never caught mid-trial)
+    base = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"epochs": 4})})
     save_config(base, tmp_path / "base.yaml")
     logs = {name: tmp_path / f"{name}.log" for name in "ab"}
     # both start on an empty schema: they race to create Optuna's tables
