@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--patch-stride", type=int, default=0, help="step between scoring windows (0 = 3/4 window)")
     ap.add_argument("--head-steps", type=int, default=None, help="head optimiser steps (head presets)")
     ap.add_argument("--max-minutes", type=float, default=0, help="cap on each run's whole training (0 = none)")
+    ap.add_argument("--head-share", type=float, default=None, help="the head's share of --max-minutes (head presets)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -62,7 +63,7 @@ def main() -> None:
                 "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                           "max_minutes": args.max_minutes},
                 "scoring": {"patch_stride": args.patch_stride},
-                "head": {"steps": args.head_steps}})
+                "head": {"steps": args.head_steps, "budget_share": args.head_share}})
             run = args.out / name / preset
             # fit_like reuses the previous preset's networks when training is identical (SSIM-L1 and
             # SSIM-SSIM differ only in scoring); an interrupted benchmark resumes where it stopped.

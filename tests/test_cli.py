@@ -364,3 +364,14 @@ def test_head_steps_flag_is_checked_and_reaches_the_config(tmp_path):
 
     cfg = _config("ganomaly-ssim-head", None, {"--head-steps": ("head.steps", 77)})
     assert cfg.head.steps == 77 and cfg.head.max_defect_area == 0.5
+
+
+def test_head_share_flag_is_checked_and_reaches_the_config(tmp_path):
+    from aoiflow.cli import _config
+
+    cfg = _config("ganomaly-ssim-head", None, {"--head-share": ("head.budget_share", 0.7)})
+    assert cfg.head.budget_share == 0.7
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    refused = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--preset",
+                                  "ganomaly-ssim-head", "--head-share", "1.5"])
+    assert refused.exit_code == 2 and "--head-share: Input should be less than 1" in refused.output

@@ -155,6 +155,9 @@ def train(
     head_steps: Optional[int] = typer.Option(None, "--head-steps", callback=_at_least(1),
                                              help="optimiser steps of the synthetic-defect head, with "
                                                   "--max-minutes at most (ganomaly-ssim-head; default 1500)"),
+    head_share: Optional[float] = typer.Option(None, "--head-share",
+                                               help="the head's share of --max-minutes, GANomaly's epochs taking "
+                                                    f"the rest ({_preset_default('head.budget_share')})"),
     seed: Optional[int] = typer.Option(None, help=f"random seed ({_preset_default('train.seed')})"),
     false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
                                                      help="share of normal parts the line may flag; sets the "
@@ -177,7 +180,8 @@ def train(
              "--false-alarm-rate": ("scoring.false_alarm_rate", false_alarm_rate),
              "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width),
              "--canvas": ("model.canvas", canvas), "--patch-stride": ("scoring.patch_stride", patch_stride),
-             "--max-minutes": ("train.max_minutes", max_minutes), "--head-steps": ("head.steps", head_steps)}
+             "--max-minutes": ("train.max_minutes", max_minutes), "--head-steps": ("head.steps", head_steps),
+             "--head-share": ("head.budget_share", head_share)}
     try:
         if preset is None and config is None and not resume:
             preset = DEFAULT_PRESET
