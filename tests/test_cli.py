@@ -369,8 +369,8 @@ def test_head_steps_flag_is_checked_and_reaches_the_config(tmp_path):
 def test_head_share_flag_is_checked_and_reaches_the_config(tmp_path):
     from aoiflow.cli import _config
 
-    cfg = _config("ganomaly-ssim-head", None, {"--head-share": ("head.budget_share", 0.7)})
-    assert cfg.head.budget_share == 0.7
+    cfg = _config("ganomaly-ssim-head", None, {"--head-share": ("head.budget_share", 0.5)})
+    assert cfg.head.budget_share == 0.5
     (tmp_path / "train" / "good").mkdir(parents=True)
     refused = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--preset",
                                   "ganomaly-ssim-head", "--head-share", "1.5"])

@@ -138,7 +138,9 @@ class HeadConfig(_Section):
     # the tile run's held-out normals, a head trained with blobs up to half the image found painted
     # defects better at every size, small ones included (benchmarks/head_ablation.py, README).
     max_defect_area: float = Field(0.5, gt=0.003, lt=1)
-    budget_share: float = Field(0.4, gt=0, lt=1)  # the head's share of train.max_minutes (after calibration)
+    # the head's share of train.max_minutes (after calibration): its steps, not GANomaly's epochs,
+    # are what a 30-minute budget is short of (README, "Training to a time budget")
+    budget_share: float = Field(0.7, gt=0, lt=1)
 
 
 class PreprocessConfig(_Section):
