@@ -104,6 +104,28 @@ def test_a_head_learns_painted_defects_on_a_texture(tiny_config):
     assert trained["pixel_auroc"] > 0.85 and trained["pixel_auroc"] > untrained["pixel_auroc"] + 0.1
 
 
+def test_looked_up_inputs_equal_computed_ones_and_only_where_nothing_was_painted(tiny_config):
+    from aoiflow.head import CleanInputs, _head_inputs
+
+    g, _ = build_networks(32, 1, 16, 8, seed=0)
+    g.eval()
+    images = torch.rand(20, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 0.5 + 0.25
+    cache = CleanInputs(g, images, tiny_config.scoring, batch=7)
+    idx = torch.tensor([4, 0, 19, 7, 11, 2])
+    clean = images[idx]
+    x, labels = add_synthetic_defects(clean, np.random.default_rng(2), share=0.5)
+    assert 0 < int((x != clean).flatten(1).any(1).sum()) < len(idx)  # some painted, some not
+    looked_up = _head_inputs(g, clean, x, idx, tiny_config.scoring, cache)
+    computed = _head_inputs(g, clean, x, idx, tiny_config.scoring, None)
+    for a, b in zip(looked_up, computed):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert CleanInputs.usable(images, tiny_config)
+    patches = tiny_config.model_copy(update={"model": tiny_config.model.model_copy(update={"canvas": 64})})
+    assert not CleanInputs.usable(torch.rand(4, 1, 64, 64), patches)  # windows: every batch is new
+    flips = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"augment": ["hflip"]})})
+    assert not CleanInputs.usable(images, flips)
+
+
 @pytest.fixture(scope="module")
 def head_run(module_tile_subset, tmp_path_factory, module_tiny_config):
     run = tmp_path_factory.mktemp("head") / "run"

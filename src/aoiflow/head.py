@@ -80,6 +80,51 @@ def _reconstruct(generator: Generator, x: torch.Tensor) -> torch.Tensor:
     return (generator(x * 2 - 1).reconstruction + 1) * 0.5
 
 
+CACHE_BYTES = 1 << 30  # largest set of reconstructions kept in memory for the head's training
+
+
+class CleanInputs:
+    """The frozen generator's reconstruction and residual of every training image, made once.
+
+    About half of each head batch is left unpainted, and those images are the stored ones
+    unchanged, so their generator pass (a third of a step's work on the magnetic tile) can be
+    looked up instead. Only for batches drawn straight from the stored images: patches and
+    augmentation make every batch new.
+    """
+
+    def __init__(self, generator: Generator, images: torch.Tensor, scoring: ScoreConfig, batch: int = 32) -> None:
+        x_hats, residuals = [], []
+        for i in range(0, len(images), batch):
+            x = images[i:i + batch]
+            x_hat = _reconstruct(generator, x)
+            x_hats.append(x_hat)
+            residuals.append(residual_map(x, x_hat, scoring))
+        self.x_hat, self.residual = torch.cat(x_hats), torch.cat(residuals)
+
+    @staticmethod
+    def usable(images: torch.Tensor, config: Config) -> bool:
+        whole_images = images.shape[-1] == images.shape[-2] == config.model.image_size
+        n, c, h, w = images.shape
+        size_in_bytes = 4 * n * (c + 1) * h * w  # reconstructions and residuals, float32
+        return whole_images and not config.train.augment and size_in_bytes <= CACHE_BYTES
+
+
+@torch.no_grad()
+def _head_inputs(generator: Generator, clean: torch.Tensor, x: torch.Tensor, idx: torch.Tensor,
+                 scoring: ScoreConfig, cache: CleanInputs | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reconstruction and residual of batch ``x`` (``clean`` before painting, drawn at
+    ``idx``): looked up for the images painting left unchanged, computed for the others."""
+    if cache is None:
+        x_hat = _reconstruct(generator, x)
+        return x_hat, residual_map(x, x_hat, scoring)
+    x_hat, residual = cache.x_hat[idx].clone(), cache.residual[idx].clone()
+    painted = (x != clean).flatten(1).any(1)
+    if painted.any():
+        x_hat[painted] = _reconstruct(generator, x[painted])
+        residual[painted] = residual_map(x[painted], x_hat[painted], scoring)
+    return x_hat, residual
+
+
 def train_head(generator: Generator, images: torch.Tensor, config: Config, progress: bool = True,
                head: DefectHead | None = None,
                deadline: float | None = None) -> tuple[DefectHead, list[float], int]:
@@ -97,6 +142,7 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
     opt = torch.optim.Adam(head.parameters(), lr=hc.lr)
     sched = _one_cycle(opt, hc.lr, hc.steps)
     generator.eval()
+    cache = CleanInputs(generator, images, config.scoring) if CleanInputs.usable(images, config) else None
     head.train()
     losses, running = [], []
     steps, t0 = hc.steps, time.perf_counter()
@@ -114,9 +160,9 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
         idx = torch.from_numpy(rng.choice(len(images), min(hc.batch_size, len(images)), replace=False))
         x = tiling.random_crops(images[idx], config.model.image_size, torch_gen)  # no-op without patches
         x = augment_batch(x, config.train.augment, torch_gen)
-        x, labels = add_synthetic_defects(x, rng, hc.defect_share, hc.max_defect_area)
-        x_hat = _reconstruct(generator, x)
-        loss = head_loss(head(x, x_hat, residual_map(x, x_hat, config.scoring)), labels)
+        painted, labels = add_synthetic_defects(x, rng, hc.defect_share, hc.max_defect_area)
+        x_hat, residual = _head_inputs(generator, x, painted, idx, config.scoring, cache)
+        loss = head_loss(head(painted, x_hat, residual), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
