@@ -86,6 +86,7 @@ def test_a_head_learns_painted_defects_on_a_texture(tiny_config):
 
     head, losses, steps = train_head(g, texture(64), cfg, progress=False)
     assert steps == cfg.head.steps
+    assert all(p.is_contiguous() for p in head.parameters())  # trained channels-last, handed back plain
     assert losses[-1] < losses[0]
     test = texture(80)
     test[40:], labels = add_synthetic_defects(test[40:], np.random.default_rng(5), share=0.999)
