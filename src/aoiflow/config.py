@@ -282,6 +282,12 @@ def build_config(
     return _validate(raw, str(config_file) if config_file else "settings", blamed)
 
 
+def with_changes(config: Config, changes: dict[str, Any], source: str) -> Config:
+    """``config`` with nested ``changes`` applied and checked like any other setting: a bad value
+    is a ConfigError naming ``source`` and the field (``train-head: head.width: ...``)."""
+    return _validate(_deep_merge(config.model_dump(), _drop_none(changes)), source, {})
+
+
 def _has_path(d: dict[str, Any], dotted: str) -> bool:
     for key in dotted.split("."):
         if not isinstance(d, dict) or key not in d:

@@ -76,8 +76,11 @@ def head_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reconstruct(generator: Generator, x: torch.Tensor) -> torch.Tensor:
-    return (generator(x * 2 - 1).reconstruction + 1) * 0.5
+def _generator_inputs(generator: Generator, x: torch.Tensor, scoring: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the head reads beside ``x`` (B, C, S, S) in [0, 1]: the frozen generator's
+    reconstruction (B, C, S, S) and the residual (B, 1, S, S)."""
+    x_hat = (generator(x * 2 - 1).reconstruction + 1) * 0.5
+    return x_hat, residual_map(x, x_hat, scoring)
 
 
 CACHE_BYTES = 1 << 30  # largest set of reconstructions kept in memory for the head's training
@@ -93,12 +96,8 @@ class CleanInputs:
     """
 
     def __init__(self, generator: Generator, images: torch.Tensor, scoring: ScoreConfig, batch: int = 32) -> None:
-        x_hats, residuals = [], []
-        for i in range(0, len(images), batch):
-            x = images[i:i + batch]
-            x_hat = _reconstruct(generator, x)
-            x_hats.append(x_hat)
-            residuals.append(residual_map(x, x_hat, scoring))
+        x_hats, residuals = zip(*(_generator_inputs(generator, images[i:i + batch], scoring)
+                                  for i in range(0, len(images), batch)))
         self.x_hat, self.residual = torch.cat(x_hats), torch.cat(residuals)
 
     @staticmethod
@@ -115,13 +114,11 @@ def _head_inputs(generator: Generator, clean: torch.Tensor, x: torch.Tensor, idx
     """The reconstruction and residual of batch ``x`` (``clean`` before painting, drawn at
     ``idx``): looked up for the images painting left unchanged, computed for the others."""
     if cache is None:
-        x_hat = _reconstruct(generator, x)
-        return x_hat, residual_map(x, x_hat, scoring)
+        return _generator_inputs(generator, x, scoring)
     x_hat, residual = cache.x_hat[idx].clone(), cache.residual[idx].clone()
     painted = (x != clean).flatten(1).any(1)
     if painted.any():
-        x_hat[painted] = _reconstruct(generator, x[painted])
-        residual[painted] = residual_map(x[painted], x_hat[painted], scoring)
+        x_hat[painted], residual[painted] = _generator_inputs(generator, x[painted], scoring)
     return x_hat, residual
 
 
@@ -166,9 +163,10 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
         idx = torch.from_numpy(rng.choice(len(images), min(hc.batch_size, len(images)), replace=False))
         x = tiling.random_crops(images[idx], config.model.image_size, torch_gen)  # no-op without patches
         x = augment_batch(x, config.train.augment, torch_gen)
-        painted, labels = add_synthetic_defects(x, rng, hc.defect_share, hc.max_defect_area)
-        x_hat, residual = _head_inputs(generator, x, painted, idx, config.scoring, cache)
-        loss = head_loss(head(*(_channels_last(t) for t in (painted, x_hat, residual))), labels)
+        clean = x
+        x, labels = add_synthetic_defects(clean, rng, hc.defect_share, hc.max_defect_area)
+        x_hat, residual = _head_inputs(generator, clean, x, idx, config.scoring, cache)
+        loss = head_loss(head(*(_channels_last(t) for t in (x, x_hat, residual))), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -204,8 +202,7 @@ def synthetic_validation(generator: Generator, head: DefectHead, val_images: tor
         out = []
         for i in range(0, len(x), batch):
             xb = x[i:i + batch]
-            x_hat = _reconstruct(generator, xb)
-            out.append(torch.sigmoid(head(xb, x_hat, residual_map(xb, x_hat, config.scoring))))
+            out.append(torch.sigmoid(head(xb, *_generator_inputs(generator, xb, config.scoring))))
         return torch.cat(out)
 
     p_painted, p_clean = probabilities(painted), probabilities(clean)

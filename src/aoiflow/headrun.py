@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from aoiflow import data
-from aoiflow.config import ConfigError, save_config
+from aoiflow.config import save_config, with_changes
 from aoiflow.head import synthetic_validation, train_head
 from aoiflow.recalibrate import finish_model
 from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint,
@@ -28,11 +27,9 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     ``augment`` (``train.augment`` for the head's batches; the run's own unless given)."""
     run_dir = Path(run_dir)
     model = TrainedModel.load(run_dir)
-    config = model.config.model_copy(deep=True)
-    config.head = _updated("head", config.head, {**(head_settings or {}), "enabled": True})
-    if augment is not None:
-        config.train = _updated("train", config.train, {"augment": augment})
-    config.scoring.lam = 1.0 if lam is None else lam
+    config = with_changes(model.config, {"head": {**(head_settings or {}), "enabled": True},
+                                         "train": {"augment": augment},
+                                         "scoring": {"lam": 1.0 if lam is None else lam}}, "train-head")
     model.config = config
     root = Path(model.data_root or "")
     if not model.data_root or not root.is_dir():
@@ -49,15 +46,6 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     model = finish_model(model, train.images, val.images)
     _store(run_dir, model)
     return model
-
-
-def _updated(name: str, section, updates: dict[str, Any]):
-    """``section`` with ``updates`` applied and checked; a bad value is a ConfigError naming its field."""
-    try:
-        return type(section).model_validate({**section.model_dump(), **updates})
-    except ValidationError as exc:
-        raise ConfigError("; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                    for e in exc.errors())) from None
 
 
 def _store(run_dir: Path, model: TrainedModel) -> None:
