@@ -5,7 +5,9 @@ again with one change at a time, judged first on painted defects on the run's he
     .venv/bin/python benchmarks/head_ablation.py RUN DATA --out runs/head_ablation \\
         --variant base=steps:1353 --variant area50=steps:1353,max_defect_area:0.5 ...
 
-A variant is ``name=field:value,...`` over ``HeadConfig`` fields, plus ``augment:hflip+vflip``.
+A variant is ``name=field:value,...`` over ``HeadConfig`` fields, plus ``augment:hflip+vflip``,
+``precision:bf16`` (the head's convolutions in bfloat16) and ``minutes:5`` (train the steps that
+fit in 5 minutes: heads of different cost compared at the same time, as a budgeted run spends it).
 Each variant trains on a copy of RUN (RUN itself is never changed); a variant already evaluated
 under --out is read back, so an interrupted ablation resumes. Runs one after another: a head
 trains for minutes on two CPU cores, and two at once slow each other several times.
@@ -28,17 +30,22 @@ from aoiflow.runs import load_head_validation
 RUN_FILES = ("model.pt", "checkpoint.pt", "config.yaml", "history.csv")
 
 
-def parse_variant(text: str) -> tuple[str, dict, list[str] | None]:
-    """'name=steps:1353,max_defect_area:0.5,augment:hflip+vflip' -> (name, settings, augment)."""
+def parse_variant(text: str) -> tuple[str, dict, dict]:
+    """'name=steps:1353,augment:hflip+vflip,precision:bf16,minutes:5' -> (name, head settings,
+    the rest as ``add_head`` arguments: augment, precision, max_minutes)."""
     name, _, body = text.partition("=")
-    settings, augment = {}, None
+    settings, extra = {}, {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition(":")
         if key == "augment":
-            augment = [k for k in value.split("+") if k]
+            extra["augment"] = [k for k in value.split("+") if k]
+        elif key == "precision":
+            extra["precision"] = value
+        elif key == "minutes":
+            extra["max_minutes"] = float(value)
         else:
             settings[key] = _number(value)
-    return name, settings, augment
+    return name, settings, extra
 
 
 def _number(value: str) -> int | float | str:
@@ -50,7 +57,7 @@ def _number(value: str) -> int | float | str:
     return value
 
 
-def run_variant(base: Path, data: Path, out: Path, settings: dict, augment: list[str] | None) -> dict:
+def run_variant(base: Path, data: Path, out: Path, settings: dict, extra: dict) -> dict:
     result_file = out / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -59,10 +66,11 @@ def run_variant(base: Path, data: Path, out: Path, settings: dict, augment: list
         if (base / name).is_file():
             shutil.copy2(base / name, out / name)
     t0 = time.perf_counter()
-    add_head(out, settings, progress=False, augment=augment)
+    model = add_head(out, settings, progress=False, **extra)
     head_s = time.perf_counter() - t0
     m = evaluate(out, data, progress=False)
-    result = {"settings": settings, "augment": augment, "head_s": head_s, "validation": load_head_validation(out),
+    result = {"settings": settings, **extra, "steps": model.config.head.steps, "head_s": head_s,
+              "validation": load_head_validation(out),
               "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
               "pro": m["localisation"].get("pro_30"),
               "per_kind": {k: v["image_auroc"] for k, v in m["per_defect_type"].items()}}
@@ -80,18 +88,19 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for text in args.variant:
-        name, settings, augment = parse_variant(text)
-        r = run_variant(args.run, args.data, args.out / name, settings, augment)
+        name, settings, extra = parse_variant(text)
+        r = run_variant(args.run, args.data, args.out / name, settings, extra)
         rows.append((name, r))
         print(name, json.dumps(r), flush=True)
-    print("\n| variant | settings | head s | validation pixel / image AUROC | image AUROC | pixel AUROC | PRO |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| variant | settings | steps | head s | validation pixel / image AUROC | image AUROC | pixel AUROC | PRO |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         v = r["validation"] or {}
         what = ", ".join(f"{k} {val}" for k, val in r["settings"].items())
-        if r["augment"]:
-            what += f", augment {'+'.join(r['augment'])}"
-        print(f"| {name} | {what} | {r['head_s']:.0f} | {v.get('pixel_auroc', float('nan')):.3f} / "
+        for key in ("augment", "precision", "max_minutes"):
+            if r.get(key):
+                what += f", {key} {'+'.join(r[key]) if key == 'augment' else r[key]}"
+        print(f"| {name} | {what} | {r.get('steps', '')} | {r['head_s']:.0f} | {v.get('pixel_auroc', float('nan')):.3f} / "
               f"{v.get('image_auroc', float('nan')):.3f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
               f"{r['pro'] or float('nan'):.3f} |")
 

@@ -7,13 +7,14 @@ RUN/model.pt and RUN/checkpoint.pt are replaced atomically.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from aoiflow import data
-from aoiflow.config import save_config, with_changes
+from aoiflow.config import ConfigError, save_config, with_changes
 from aoiflow.head import synthetic_validation, train_head
 from aoiflow.recalibrate import finish_model
 from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint,
@@ -21,14 +22,20 @@ from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_check
 
 
 def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, lam: float | None = None,
-             progress: bool = True, augment: list[str] | None = None) -> TrainedModel:
+             progress: bool = True, augment: list[str] | None = None, precision: str | None = None,
+             max_minutes: float | None = None) -> TrainedModel:
     """Train a head for ``run_dir`` with ``head_settings`` (fields of ``HeadConfig``; the run's
-    own otherwise), image-score weight ``lam`` (1.0 unless given: the head's map alone) and
-    ``augment`` (``train.augment`` for the head's batches; the run's own unless given)."""
+    own otherwise), image-score weight ``lam`` (1.0 unless given: the head's map alone),
+    ``augment`` (``train.augment`` for the head's batches; the run's own unless given) and
+    ``precision`` (``train.precision`` for the head's training; the run's own unless given).
+    ``max_minutes``: the head trains only the steps that fit in that time (its schedule shortened
+    to match), so heads of different cost compare at the same time, as a budgeted run spends it."""
+    if max_minutes is not None and not max_minutes > 0:
+        raise ConfigError(f"train-head: max_minutes {max_minutes}: must be above 0")
     run_dir = Path(run_dir)
     model = TrainedModel.load(run_dir)
     config = with_changes(model.config, {"head": {**(head_settings or {}), "enabled": True},
-                                         "train": {"augment": augment},
+                                         "train": {"augment": augment, "precision": precision},
                                          "scoring": {"lam": 1.0 if lam is None else lam}}, "train-head")
     model.config = config
     root = Path(model.data_root or "")
@@ -39,9 +46,12 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     val = data.load_images([root / p for p in model.split["val"]], model.channels, config.model.input_size, progress)
     if len(train.images) == 0 or len(val.images) == 0:
         raise data.DataLayoutError(f"{root}: no readable training or validation images")
-    model.head, losses, _ = train_head(model.generator, train.images, config, progress)
+    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    model.head, losses, steps = train_head(model.generator, train.images, config, progress, deadline=deadline)
+    if steps < config.head.steps:  # the run records what it trained
+        config = model.config = with_changes(config, {"head": {"steps": steps}}, "train-head")
     if progress:
-        tqdm.write(f"head: {config.head.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+        tqdm.write(f"head: {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     save_head_validation(run_dir, synthetic_validation(model.generator, model.head, val.images, config))
     model = finish_model(model, train.images, val.images)
     _store(run_dir, model)

@@ -6,6 +6,8 @@ two from 32 to 256; latent codes are (B, Z, 1, 1).
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -144,3 +146,20 @@ def build_networks(image_size: int, channels: int, latent_size: int, base_width:
     finally:
         torch.random.set_rng_state(state)
     return g, d
+
+
+def training_autocast(precision: str) -> torch.autocast:
+    """bfloat16 matrix work while training where ``train.precision`` is ``'bf16'`` (fast on CPUs
+    with AMX / AVX-512 BF16); weights stay fp32, and callers compute their losses in fp32."""
+    if precision == "bf16" and not _native_bf16():
+        warnings.warn("train.precision bf16: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), so "
+                      "training will be slower than in fp32, not faster", stacklevel=2)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@functools.cache
+def _native_bf16() -> bool:
+    try:  # oneDNN's own check; a private function, so a torch without it counts as "unknown: yes"
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True

@@ -18,7 +18,7 @@ from aoiflow import data, distributed
 from aoiflow.config import Config, save_config
 from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
-from aoiflow.model import Discriminator, Generator, build_networks, init_weights
+from aoiflow.model import Discriminator, Generator, build_networks, init_weights, training_autocast
 from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint,
                           save_head_validation, save_model)
 from aoiflow import tiling
@@ -108,18 +108,13 @@ def _build_state(config: Config, channels: int) -> TrainState:
     return TrainState(g, d, opt_g, opt_d, _lr_pieces(config))
 
 
-def _autocast(config: Config):
-    """bfloat16 matrix work on CPUs that have it (train.precision: bf16); weights stay fp32."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
-
-
 def train_step(state: TrainState, x: torch.Tensor, config: Config, share: float = 1.0) -> dict[str, float]:
     """One generator update then one discriminator update on a batch (B, C, S, S) in [-1, 1].
     ``share``: this process's weight when several train one global batch (aoiflow.distributed)."""
     lc = config.loss
     g, d = state.generator, state.discriminator
     d_logits = state.d_step or d.logits
-    with _autocast(config):
+    with training_autocast(config.train.precision):
         out = (state.g_step or g)(x)
         with torch.no_grad():
             _, feat_real = d.logits(x)
@@ -133,7 +128,7 @@ def train_step(state: TrainState, x: torch.Tensor, config: Config, share: float 
     (loss_g * share).backward()
     state.opt_g.step()
 
-    with _autocast(config):
+    with training_autocast(config.train.precision):
         logit_real, _ = d_logits(x)
         logit_fake, _ = d_logits(out.reconstruction.detach())
     loss_d = discriminator_loss(logit_real.float(), logit_fake.float())
