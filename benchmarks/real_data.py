@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--head-steps", type=int, default=None, help="head optimiser steps (head presets)")
     ap.add_argument("--max-minutes", type=float, default=0, help="cap on each run's whole training (0 = none)")
     ap.add_argument("--head-share", type=float, default=None, help="the head's share of --max-minutes (head presets)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the networks' convolutions in bfloat16 (CPUs with AVX-512 BF16 or AMX)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -61,7 +63,7 @@ def main() -> None:
             cfg = build_config(preset, overrides={
                 "model": {"base_width": args.base_width, "canvas": args.canvas},
                 "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                          "max_minutes": args.max_minutes},
+                          "max_minutes": args.max_minutes, "precision": args.precision},
                 "scoring": {"patch_stride": args.patch_stride},
                 "head": {"steps": args.head_steps, "budget_share": args.head_share}})
             run = args.out / name / preset

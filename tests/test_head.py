@@ -68,32 +68,19 @@ def test_loss_is_low_for_a_right_answer_and_high_for_a_wrong_one():
     assert right < 0.05 < 1.0 < wrong
 
 
-def test_the_moving_average_of_two_heads_is_their_weighted_mean():
-    from aoiflow.head import _moving_average
-
-    assert _moving_average(DefectHead(1, 4, 1), 0.0) is None
-    first, second = DefectHead(1, 4, 1), DefectHead(1, 4, 1)
-    average = _moving_average(first, 0.75)
-    average.update_parameters(first)   # the first update copies
-    average.update_parameters(second)  # then 0.75 old + 0.25 new, BatchNorm statistics too
-    w = lambda h: h.net.out.weight.detach()
-    torch.testing.assert_close(w(average.module), 0.75 * w(first) + 0.25 * w(second))
-
-
-@pytest.mark.parametrize("precision, ema_decay", [("fp32", 0.0), ("bf16", 0.0), ("fp32", 0.98)])
-def test_a_head_learns_painted_defects_on_a_texture(tiny_config, precision, ema_decay):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_head_learns_painted_defects_on_a_texture(tiny_config, precision):
     """Known answer: after training on normals of a smooth random texture, images with a painted
     defect score higher than unseen normals (image AUROC >= 0.85 on 40 + 40 images; 0.90 measured).
     At 32 px the head runs at the full size: half of it is too coarse for the smallest defects.
     In bfloat16 (train.precision) it learns too (0.85 measured, >= 0.80 asked: bfloat16's 8-bit
-    mantissa costs a little per step, which its faster steps buy back), its weights stay fp32;
-    and as the moving average of its weights (head.ema_decay)."""
+    mantissa costs a little per step, which its faster steps buy back), its weights stay fp32."""
     from sklearn.metrics import roc_auc_score
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.train = cfg.train.model_copy(update={"precision": precision})
     cfg.head = cfg.head.model_copy(update={"steps": 400, "batch_size": 8, "width": 8, "depth": 2, "lr": 3e-3,
-                                          "downsample": 1, "ema_decay": ema_decay})
+                                          "downsample": 1})
     g, _ = build_networks(32, 1, 16, 8, seed=0)
     gen = torch.Generator().manual_seed(0)
 

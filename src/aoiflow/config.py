@@ -141,9 +141,6 @@ class HeadConfig(_Section):
     # the head's share of train.max_minutes (after calibration): its steps, not GANomaly's epochs,
     # are what a 30-minute budget is short of (README, "Training to a time budget")
     budget_share: float = Field(0.7, gt=0, lt=1)
-    # > 0: the head kept is an exponential moving average of its weights (and BatchNorm statistics)
-    # over the last steps, about 1 / (1 - ema_decay) of them; 0 = the last step's weights
-    ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
 class PreprocessConfig(_Section):

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from aoiflow import tiling
@@ -148,7 +147,6 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
     # channels-last while training: 1.19x faster forward and backward on two CPU cores (180 ->
     # 152 ms a step at 128 px, batch 16); put back afterwards, so saving and export see no change
     head = head.to(memory_format=torch.channels_last).train()
-    average = _moving_average(head, hc.ema_decay)
     losses, running = [], []
     steps, t0 = hc.steps, time.perf_counter()
     bar = tqdm(total=steps, desc="head", unit="step", disable=not progress, leave=False)
@@ -178,8 +176,6 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
         loss.backward()
         opt.step()
         sched.step()
-        if average is not None:
-            average.update_parameters(head)
         running.append(loss.item())
         step += 1
         bar.update(1)
@@ -188,16 +184,7 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
             running = []
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
-    if average is not None:
-        head = average.module
     return head.to(memory_format=torch.contiguous_format).eval(), losses, steps
-
-
-def _moving_average(head: DefectHead, decay: float) -> AveragedModel | None:
-    """torch's exponential moving average of the head's weights and BatchNorm buffers (0 = none)."""
-    if decay == 0:
-        return None
-    return AveragedModel(head, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 @torch.no_grad()
