@@ -375,3 +375,15 @@ def test_head_share_flag_is_checked_and_reaches_the_config(tmp_path):
     refused = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--preset",
                                   "ganomaly-ssim-head", "--head-share", "1.5"])
     assert refused.exit_code == 2 and "--head-share: Input should be less than 1" in refused.output
+
+
+def test_precision_flags_are_checked_and_reach_the_config(tmp_path):
+    from aoiflow.cli import _config
+
+    cfg = _config("ganomaly-ssim-head", None, {"--precision": ("train.precision", "bf16")})
+    assert cfg.train.precision == "bf16"
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    refused = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--precision", "fp16"])
+    assert refused.exit_code == 2 and "--precision: Input should be 'fp32' or 'bf16'" in refused.output
+    no_run = runner.invoke(app, ["train-head", str(tmp_path / "r"), "--max-minutes", "-1"])
+    assert no_run.exit_code == 2 and "train-head: max_minutes -1.0: must be above 0" in no_run.output
