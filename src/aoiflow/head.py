@@ -187,6 +187,12 @@ def train_head(generator: Generator, images: torch.Tensor, config: Config, progr
     return head.to(memory_format=torch.contiguous_format).eval(), losses, steps
 
 
+def with_steps_trained(config: Config, steps: int) -> Config:
+    """``config`` recording the head steps a deadline let ``train_head`` train, so the run's
+    config.yaml says what it trained (the configured steps are only the upper limit)."""
+    return config.model_copy(update={"head": config.head.model_copy(update={"steps": steps})})
+
+
 @torch.no_grad()
 def synthetic_validation(generator: Generator, head: DefectHead, val_images: torch.Tensor, config: Config,
                          batch: int = 32) -> dict[str, float]:

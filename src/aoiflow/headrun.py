@@ -7,15 +7,15 @@ RUN/model.pt and RUN/checkpoint.pt are replaced atomically.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from aoiflow import data
+from aoiflow.budget import TimeBudget
 from aoiflow.config import ConfigError, save_config, with_changes
-from aoiflow.head import synthetic_validation, train_head
+from aoiflow.head import synthetic_validation, train_head, with_steps_trained
 from aoiflow.recalibrate import finish_model
 from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_checkpoint, save_checkpoint,
                           save_head_validation, save_model)
@@ -46,10 +46,10 @@ def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, l
     val = data.load_images([root / p for p in model.split["val"]], model.channels, config.model.input_size, progress)
     if len(train.images) == 0 or len(val.images) == 0:
         raise data.DataLayoutError(f"{root}: no readable training or validation images")
-    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    deadline = None if max_minutes is None else TimeBudget.from_minutes(max_minutes, head_share=1.0).head_deadline
     model.head, losses, steps = train_head(model.generator, train.images, config, progress, deadline=deadline)
-    if steps < config.head.steps:  # the run records what it trained
-        config = model.config = with_changes(config, {"head": {"steps": steps}}, "train-head")
+    if steps < config.head.steps:
+        config = model.config = with_steps_trained(config, steps)
     if progress:
         tqdm.write(f"head: {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     save_head_validation(run_dir, synthetic_validation(model.generator, model.head, val.images, config))

@@ -24,7 +24,7 @@ from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, l
 from aoiflow import tiling
 from aoiflow.augment import augment_batch
 from aoiflow.budget import TimeBudget, calibration_reserve, units_that_fit
-from aoiflow.head import synthetic_validation, train_head
+from aoiflow.head import synthetic_validation, train_head, with_steps_trained
 from aoiflow.recalibrate import MAP_STATS_IMAGES, finish_model
 
 HISTORY_FIELDS = ["epoch", "loss_g", "loss_con", "loss_enc", "loss_adv", "loss_d", "val_con", "lr", "seconds"]
@@ -333,8 +333,7 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         deadline = budget.head_deadline if budget.active else None
         model.head, _, steps = train_head(state.generator, train_set.images, config, progress, deadline=deadline)
         if steps < config.head.steps:
-            config = config.model_copy(update={"head": config.head.model_copy(update={"steps": steps})})
-            model.config = config
+            config = model.config = with_steps_trained(config, steps)
             save_config(config, run_dir / CONFIG)
         save_head_validation(run_dir, synthetic_validation(state.generator, model.head, val_set.images, config))
     model = finish_model(model, train_set.images, val_set.images)
