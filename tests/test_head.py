@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aoiflow.config import ConfigError, build_config
-from aoiflow.head import DefectHead, head_loss, synthetic_validation, train_head
+from aoiflow.head import DefectHead, channels_last_while, head_loss, synthetic_validation, train_head
 from aoiflow.headrun import add_head
 from aoiflow.model import build_networks
 from aoiflow.predict import Inspector
@@ -27,6 +27,19 @@ def test_head_at_half_size_returns_full_size_logits():
     head = DefectHead(channels=1, width=4, depth=2, downsample=2)
     x = torch.rand(2, 1, 32, 32)
     assert head(x, x, torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_the_heads_reconstruction_is_the_generators_and_leaves_its_layout_alone():
+    generator, _ = build_networks(32, 1, 8, 8, seed=0)
+    generator.eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        full = generator(x).reconstruction
+        with channels_last_while(generator):
+            assert generator.encoder1.head.weight.is_contiguous(memory_format=torch.channels_last)
+            quick = generator.reconstruct(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(quick, full, atol=1e-5)
+    assert all(p.is_contiguous() for p in generator.parameters())
 
 
 def test_masks_cover_what_they_promise():
@@ -173,11 +186,23 @@ def test_inspector_and_export_give_the_heads_scores(head_run, module_tile_subset
         assert t.status == o.status == "ok" and abs(t.a - o.a) < 1e-3
 
 
+def test_only_the_chosen_fills_are_painted():
+    # a flat image shifted is the same image: a shift-only painter changes and labels nothing,
+    # while a brightness change on the same images is seen and labelled
+    flat = torch.full((8, 1, 64, 64), 0.5)
+    out, labels = add_synthetic_defects(flat, np.random.default_rng(3), share=0.999, fills=["shift"])
+    assert torch.equal(out, flat) and labels.sum() == 0
+    out, labels = add_synthetic_defects(flat, np.random.default_rng(3), share=0.999, fills=["intensity", "shift"])
+    assert labels.flatten(1).amax(1).sum() >= 2 and not torch.equal(out, flat)
+
+
 def test_bad_head_settings_are_refused_by_name(head_run):
     with pytest.raises(ConfigError, match="width"):
         add_head(head_run, {"width": 1}, progress=False)
     with pytest.raises(ConfigError, match=r"head\.max_defect_area"):
         add_head(head_run, {"max_defect_area": 1.5}, progress=False)
+    with pytest.raises(ConfigError, match=r"head\.fills"):
+        add_head(head_run, {"fills": ["glitter"]}, progress=False)
     with pytest.raises(ConfigError, match=r"train\.augment"):
         add_head(head_run, augment=["spin"], progress=False)
     with pytest.raises(ConfigError, match=r"train-head: train\.precision"):

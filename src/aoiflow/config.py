@@ -138,6 +138,10 @@ class HeadConfig(_Section):
     # the tile run's held-out normals, a head trained with blobs up to half the image found painted
     # defects better at every size, small ones included (benchmarks/head_ablation.py, README).
     max_defect_area: float = Field(0.5, gt=0.003, lt=1)
+    # what a painted defect shows (aoiflow.synthdefect.FILLS): another normal image, the same image
+    # shifted, a brightness change, a random texture, a blurred copy
+    fills: list[Literal["other", "shift", "intensity", "texture", "blur"]] = Field(
+        default_factory=lambda: ["other", "shift", "intensity", "texture", "blur"], min_length=1)
     # the head's share of train.max_minutes (after calibration): its steps, not GANomaly's epochs,
     # are what a 30-minute budget is short of (README, "Training to a time budget")
     budget_share: float = Field(0.7, gt=0, lt=1)

@@ -104,6 +104,11 @@ class Generator(nn.Module):
         x_hat = self.decoder(z)
         return GeneratorOutput(x_hat, z, self.encoder2(x_hat))
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) in [-1, 1] -> x_hat = D(E1(x)), the same as ``forward``'s reconstruction
+        without E2: all the head reads (17 % less work at 128 px, width 32)."""
+        return self.decoder(self.encoder1(x))
+
 
 class Discriminator(nn.Module):
     """Real/fake classifier. ``forward`` -> (probability (B,), features (B, F, 4, 4))."""

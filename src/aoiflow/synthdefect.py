@@ -16,6 +16,7 @@ The label is the part of the mask where the image visibly changed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -82,8 +83,9 @@ def _fill(x: torch.Tensor, i: int, kind: str, rng: np.random.Generator) -> torch
 
 
 def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator, share: float = 0.5,
-                          max_area: float = 0.06) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paint defects on about ``share`` of a batch of normal images; blobs cover up to ``max_area``.
+                          max_area: float = 0.06, fills: Sequence[str] = FILLS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paint defects on about ``share`` of a batch of normal images; blobs cover up to ``max_area``,
+    each filled with one of ``fills`` (a subset of ``FILLS``) drawn at random.
 
     x: (B, C, S, S) in [0, 1] -> (images with defects (B, C, S, S), labels (B, 1, S, S) in {0, 1});
     images left normal have an all-zero label.
@@ -96,7 +98,7 @@ def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator, share: floa
             continue
         mask = scratch_mask(size, rng) if rng.random() < 0.3 else blob_mask(size, rng, max_area)
         strength = rng.uniform(0.4, 1.0)
-        fill = _fill(x, i, str(rng.choice(FILLS)), rng)
+        fill = _fill(x, i, str(rng.choice(fills)), rng)
         blended = x[i] * (1 - strength * mask) + fill * strength * mask
         out[i] = blended
         labels[i, 0] = mask * ((blended - x[i]).abs().mean(0) > VISIBLE).float()
