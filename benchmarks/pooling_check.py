@@ -1,7 +1,10 @@
-"""How the image score should pool a head run's map: map smoothing (``scoring.map_sigma``) and
-the share of top pixels averaged (``scoring.topk_fraction``), judged on validation first.
+"""How the image score should pool a run's map: map smoothing (``scoring.map_sigma``) and the
+share of top pixels averaged (``scoring.topk_fraction``), and, with ``--without-head``, which
+residual GANomaly's own map is (``scoring.score``), judged on validation first.
 
     .venv/bin/python benchmarks/pooling_check.py runs/tile_bf16 ../shared/data/magnetictile_tile
+    .venv/bin/python benchmarks/pooling_check.py runs/tile_bf16 ../shared/data/magnetictile_tile \
+        --without-head --scores ssim ssim_multiscale --sigmas 2 --fractions 0.01
 
 The validation is the run's held-out normals, each scored clean and, ``--rounds`` times, with a
 painted defect (the head's own painter, at the size the run scores: the whole canvas for a
@@ -28,14 +31,21 @@ from aoiflow.synthdefect import add_synthetic_defects
 
 
 def raw_maps(model: TrainedModel, images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) head maps of ``images`` with no smoothing, through the run's scoring."""
+    """(N, 1, H, W) maps of ``images`` with no smoothing, through the run's scoring."""
     settings = model.config.scoring.model_copy(update={"map_sigma": 0.0})
     model.config = model.config.model_copy(update={"scoring": settings})
     return model.score(images, keep_maps=True).maps
 
 
+def with_score(model: TrainedModel, score: str) -> TrainedModel:
+    """``model`` whose map is the residual of kind ``score`` (``scoring.score``)."""
+    settings = model.config.scoring.model_copy(update={"score": score})
+    model.config = model.config.model_copy(update={"scoring": settings})
+    return model
+
+
 def painted_validation(model: TrainedModel, root: Path, rounds: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The held-out normals clean and painted ``rounds`` times: maps (N, 1, H, W), labels (N,)."""
+    """The held-out normals clean and painted ``rounds`` times: images (N, C, H, W), labels (N,)."""
     cfg = model.config
     val = data.load_images([root / p for p in model.split["val"]], model.channels, cfg.model.input_size).images
     rng = np.random.default_rng(2024)
@@ -45,14 +55,14 @@ def painted_validation(model: TrainedModel, root: Path, rounds: int) -> tuple[to
         keep = masks.flatten(1).amax(1) > 0
         batches.append(painted[keep])
         labels.append(np.ones(int(keep.sum())))
-    return raw_maps(model, torch.cat(batches)), np.concatenate(labels)
+    return torch.cat(batches), np.concatenate(labels)
 
 
-def test_maps(model: TrainedModel, root: Path) -> tuple[torch.Tensor, np.ndarray]:
+def test_images(model: TrainedModel, root: Path) -> tuple[torch.Tensor, np.ndarray]:
     samples = data.test_samples(root)
     loaded = data.load_images([s.path for s in samples], model.channels, model.config.model.input_size)
     label_of = {s.path: s.label for s in samples}
-    return raw_maps(model, loaded.images), np.array([label_of[p] for p in loaded.paths])
+    return loaded.images, np.array([label_of[p] for p in loaded.paths])
 
 
 def image_auroc(maps: torch.Tensor, labels: np.ndarray, sigma: float, fraction: float) -> float:
@@ -67,22 +77,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="paintings of each held-out normal")
     ap.add_argument("--sigmas", nargs="+", type=float, default=[0.0, 2.0, 4.0])
     ap.add_argument("--fractions", nargs="+", type=float, default=[1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1])
+    ap.add_argument("--without-head", action="store_true", help="judge GANomaly's own residual map")
+    ap.add_argument("--scores", nargs="+", default=None, help="residual kinds (default: the run's)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = TrainedModel.load(args.run)
-    if model.head is None:
-        raise SystemExit(f"{args.run}: no head; this check is for head runs")
-    current = (model.config.scoring.map_sigma, model.config.scoring.topk_fraction)
-    val_maps, val_labels = painted_validation(model, Path(model.data_root), args.rounds)
-    t_maps, t_labels = test_maps(model, args.data)
-    print(f"run {args.run}: {int((val_labels == 0).sum())} held-out normals, {int(val_labels.sum())} painted; "
-          f"{len(t_labels)} test images. * = the run's setting")
-    print("| map σ | top-k share | validation image AUROC | test image AUROC |")
-    print("|---|---|---|---|")
-    for sigma, fraction in itertools.product(args.sigmas, args.fractions):
-        mark = " *" if (sigma, fraction) == current else ""
-        print(f"| {sigma:g} | {fraction:g}{mark} | {image_auroc(val_maps, val_labels, sigma, fraction):.3f} "
-              f"| {image_auroc(t_maps, t_labels, sigma, fraction):.3f} |", flush=True)
+    if args.without_head:
+        model.head = None
+    current = (model.config.scoring.score, model.config.scoring.map_sigma, model.config.scoring.topk_fraction)
+    val_images, val_labels = painted_validation(model, Path(model.data_root), args.rounds)
+    t_images, t_labels = test_images(model, args.data)
+    print(f"run {args.run}{' without its head' if args.without_head else ''}: {int((val_labels == 0).sum())} "
+          f"held-out normals, {int(val_labels.sum())} painted; {len(t_labels)} test images. * = the run's setting")
+    print("| residual | map σ | top-k share | validation image AUROC | test image AUROC |")
+    print("|---|---|---|---|---|")
+    for score in args.scores or [current[0]]:
+        model = with_score(model, score)
+        val_maps, t_maps = raw_maps(model, val_images), raw_maps(model, t_images)
+        for sigma, fraction in itertools.product(args.sigmas, args.fractions):
+            mark = " *" if (score, sigma, fraction) == current else ""
+            print(f"| {score} | {sigma:g} | {fraction:g}{mark} | {image_auroc(val_maps, val_labels, sigma, fraction):.3f} "
+                  f"| {image_auroc(t_maps, t_labels, sigma, fraction):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

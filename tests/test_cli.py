@@ -377,6 +377,15 @@ def test_head_share_flag_is_checked_and_reaches_the_config(tmp_path):
     assert refused.exit_code == 2 and "--head-share: Input should be less than 1" in refused.output
 
 
+def test_head_flips_flag_reaches_the_config():
+    from aoiflow.cli import _config
+
+    assert _config("ganomaly-ssim-head", None, {"--head-flips": ("head.flips", True)}).head.flips is True
+    assert _config("ganomaly-ssim-head", None, {"--head-flips": ("head.flips", None)}).head.flips is False
+    assert "--head-flips" in runner.invoke(app, ["train", "--help"]).output
+    assert "--flips" in runner.invoke(app, ["train-head", "--help"]).output
+
+
 def test_precision_flags_are_checked_and_reach_the_config(tmp_path):
     from aoiflow.cli import _config
 

@@ -45,6 +45,19 @@ def test_fp32_graph_matches_pytorch(tile_run, tmp_path):
     np.testing.assert_allclose(ga, ta, rtol=1e-4, atol=1e-4)
 
 
+def test_the_multiscale_map_exports_as_it_scores(tile, tmp_path, tiny_config):
+    cfg = tiny_config
+    cfg.scoring.score = "ssim_multiscale"
+    fit(tile, tmp_path / "run", cfg, progress=False)
+    exported = ExportedModel(export_onnx(tmp_path / "run", tmp_path / "m.onnx"))
+    model = TrainedModel.load(tmp_path / "run")
+    x = torch.rand(3, 1, 32, 32)
+    _, _, _, amap = exported.score(x.numpy())
+    _, _, tmap, _ = score_batch(model.generator, x, model.config.scoring, model.map_stats)
+    assert model.config.scoring.score == "ssim_multiscale"
+    np.testing.assert_allclose(amap, tmap.numpy(), atol=1e-4)
+
+
 def test_int8_export_scores_close_to_fp32(tile, tmp_path, tiny_config):
     # L1 maps move linearly with reconstruction error, so they show quantisation error directly
     # (SSIM of a barely trained, nearly flat reconstruction amplifies any change).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aoiflow.config import ConfigError, build_config
-from aoiflow.head import DefectHead, channels_last_while, head_loss, synthetic_validation, train_head
+from aoiflow.head import DefectHead, channels_last_while, flip_together, head_loss, synthetic_validation, train_head
 from aoiflow.headrun import add_head
 from aoiflow.model import build_networks
 from aoiflow.predict import Inspector
@@ -40,6 +40,16 @@ def test_the_heads_reconstruction_is_the_generators_and_leaves_its_layout_alone(
             quick = generator.reconstruct(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(quick, full, atol=1e-5)
     assert all(p.is_contiguous() for p in generator.parameters())
+
+
+def test_flips_move_image_reconstruction_and_label_together():
+    x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    flipped = [flip_together((x, x + 100, x * 2), torch.Generator().manual_seed(s)) for s in range(8)]
+    for a, b, c in flipped:
+        assert torch.equal(b, a + 100) and torch.equal(c, a * 2)   # every tensor flipped alike
+        for i in range(2):                                         # each sample is one of x's four flips
+            assert any(torch.equal(a[i], x[i].flip(d) if d else x[i]) for d in ((), (-1,), (-2,), (-1, -2)))
+    assert len({tuple(a.flatten().tolist()) for a, _, _ in flipped}) > 2  # and they vary
 
 
 def test_masks_cover_what_they_promise():

@@ -48,9 +48,30 @@ def test_maps_and_pooling():
     assert float(top[0]) == 0.0
 
 
+def test_multiscale_ssim_map_known_answers():
+    x = torch.rand(2, 1, 64, 64)
+    assert anomaly_map(x, x, "ssim_multiscale").abs().max() < 1e-5   # identical: nothing anywhere
+    # flat images a and b: only SSIM's luminance term is left, the same at every scale,
+    # 1 - (2ab + C1) / (a^2 + b^2 + C1) with C1 = 0.01^2
+    a, b = torch.full((1, 1, 64, 64), 0.3), torch.full((1, 1, 64, 64), 0.6)
+    expected = 1 - (2 * 0.3 * 0.6 + 1e-4) / (0.3**2 + 0.6**2 + 1e-4)
+    assert torch.allclose(anomaly_map(a, b, "ssim_multiscale"), torch.full((1, 1, 64, 64), expected), atol=1e-4)
+    # a flat square wider than the window, on a texture: high over the square, and nothing far
+    # from it, even at quarter size, where one window spans 44 pixels of the image
+    texture = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4
+    defect = texture.clone()
+    defect[..., 40:88, 40:88] = defect[..., 40:88, 40:88].mean()
+    multi = anomaly_map(defect, texture, "ssim_multiscale")
+    assert multi.shape == (1, 1, 128, 128)
+    assert float(multi[..., 30:98, 30:98].mean()) > 0.2 and float(multi[..., :20, :20].abs().max()) < 1e-4
+
+
 def test_score_config_validates():
     with pytest.raises(ValueError):
         ScoreConfig(pooling="median")
+    assert ScoreConfig(score="ssim_multiscale").score == "ssim_multiscale"
+    with pytest.raises(ValueError, match="ssim_multiscale"):
+        ScoreConfig(score="msssim")
 
 
 def test_map_smoothing_spreads_a_spike_and_keeps_its_mass():

@@ -161,6 +161,9 @@ def train(
     precision: Optional[str] = typer.Option(None, help="fp32, or bf16: the networks' convolutions in bfloat16 "
                                                        "(faster on CPUs with AVX-512 BF16 or AMX; "
                                                        f"{_preset_default('train.precision')})"),
+    head_flips: Optional[bool] = typer.Option(None, "--head-flips/--no-head-flips",
+                                              help="flip the head's training samples with their reconstructions "
+                                                   f"and labels ({_preset_default('head.flips')})"),
     seed: Optional[int] = typer.Option(None, help=f"random seed ({_preset_default('train.seed')})"),
     false_alarm_rate: Optional[float] = typer.Option(None, "--false-alarm-rate",
                                                      help="share of normal parts the line may flag; sets the "
@@ -184,7 +187,8 @@ def train(
              "--image-size": ("model.image_size", image_size), "--base-width": ("model.base_width", base_width),
              "--canvas": ("model.canvas", canvas), "--patch-stride": ("scoring.patch_stride", patch_stride),
              "--max-minutes": ("train.max_minutes", max_minutes), "--head-steps": ("head.steps", head_steps),
-             "--head-share": ("head.budget_share", head_share), "--precision": ("train.precision", precision)}
+             "--head-share": ("head.budget_share", head_share), "--precision": ("train.precision", precision),
+             "--head-flips": ("head.flips", head_flips)}
     try:
         if preset is None and config is None and not resume:
             preset = DEFAULT_PRESET
@@ -359,6 +363,8 @@ def train_head_command(
                                                                "(finer maps, about 3x slower)"),
     max_defect_area: Optional[float] = typer.Option(None, help="largest painted defect blob, share of the "
                                                                 "image (default 0.5)"),
+    flips: Optional[bool] = typer.Option(None, "--flips/--no-flips", help="flip training samples with their "
+                                                                          "reconstructions and labels"),
     lam: Optional[float] = typer.Option(None, help="weight of the head's map in A against L (default 1.0)"),
     augment: Optional[str] = typer.Option(None, help="comma-separated transforms that keep a normal part "
                                                       "normal, for the head's batches: hflip,vflip,rot90,shift "
@@ -377,8 +383,8 @@ def train_head_command(
     from aoiflow.headrun import add_head
 
     _short_warnings()
-    settings = {k: v for k, v in {"steps": steps, "width": width, "max_defect_area": max_defect_area}.items()
-                if v is not None}
+    settings = {k: v for k, v in {"steps": steps, "width": width, "max_defect_area": max_defect_area,
+                                  "flips": flips}.items() if v is not None}
     if full_size:
         settings["downsample"] = 1
     try:

@@ -89,7 +89,9 @@ class TrainConfig(_Section):
 class ScoreConfig(_Section):
     """How R(x), L(x) and A(x) = lam*R + (1-lam)*L are computed and turned into a decision."""
 
-    score: Literal["l1", "ssim"] = "ssim"
+    # 'ssim_multiscale': 1 - SSIM averaged over the image at full, half and quarter size
+    # (aoiflow.scoring.multiscale_ssim_map), for defects larger than the SSIM window
+    score: Literal["l1", "ssim", "ssim_multiscale"] = "ssim"
     lam: float = Field(0.8, ge=0, le=1)
     ssim_window: int = Field(11, ge=3, le=31)
     # How the map becomes R: 'mean' over all pixels (the paper), or the mean of the top
@@ -138,6 +140,9 @@ class HeadConfig(_Section):
     # the tile run's held-out normals, a head trained with blobs up to half the image found painted
     # defects better at every size, small ones included (benchmarks/head_ablation.py, README).
     max_defect_area: float = Field(0.5, gt=0.003, lt=1)
+    # flip each training sample's image, reconstruction, residual and label together, at random:
+    # more kinds of normal for the head at no cost in generator passes
+    flips: bool = False
     # what a painted defect shows (aoiflow.synthdefect.FILLS): another normal image, the same image
     # shifted, a brightness change, a random texture, a blurred copy
     fills: list[Literal["other", "shift", "intensity", "texture", "blur"]] = Field(

@@ -128,6 +128,18 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def flip_together(batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Tensors (B, *, H, W) of one batch, each sample flipped left-right and/or top-bottom at
+    random, the same way in every tensor. After the generator pass, so a flipped sample needs no
+    new reconstruction (the triple stays consistent: a pixel's image, reconstruction and label
+    move together), unlike ``train.augment``, which reconstructs every augmented image again."""
+    n = batch[0].shape[0]
+    for dim in (-1, -2):
+        chosen = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
+        batch = tuple(torch.where(chosen, t.flip(dim), t) for t in batch)
+    return batch
+
+
 @contextmanager
 def channels_last_while(net: nn.Module) -> Iterator[nn.Module]:
     """``net`` in channels-last memory for a ``with`` block, then put back: the frozen generator's
@@ -189,6 +201,8 @@ def _optimise(head: DefectHead, generator: Generator, images: torch.Tensor, conf
         clean = x
         x, labels = add_synthetic_defects(clean, rng, hc.defect_share, hc.max_defect_area, hc.fills)
         x_hat, residual = _head_inputs(generator, clean, x, idx, config.scoring, cache)
+        if hc.flips:
+            x, x_hat, residual, labels = flip_together((x, x_hat, residual, labels), torch_gen)
         # train.precision bf16: only the head's forward (1.5x faster forward and backward with
         # AVX-512 BF16, 118 -> 75 ms a step at 128 px, batch 16); the frozen generator and the SSIM
         # residual stay fp32, as at inference

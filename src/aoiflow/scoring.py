@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from aoiflow import tiling
 from aoiflow.config import ScoreConfig
@@ -24,7 +25,8 @@ from aoiflow.model import Generator
 from aoiflow.calibrate import Calibration, combined_score  # noqa: F401  (combined_score: re-exported)
 from aoiflow.ssim import gaussian_blur, ssim_map
 
-ScoreKind = Literal["l1", "ssim"]
+ScoreKind = Literal["l1", "ssim", "ssim_multiscale"]
+MULTISCALE_FACTORS = (1, 2, 4)  # the image at full, half and quarter size
 
 
 @dataclass
@@ -45,9 +47,24 @@ def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, kind: ScoreKind, window: i
         amap = (x - x_hat).abs().mean(1, keepdim=True)
     elif kind == "ssim":
         amap = (1.0 - ssim_map(x, x_hat, window)).mean(1, keepdim=True)
+    elif kind == "ssim_multiscale":
+        amap = multiscale_ssim_map(x, x_hat, window)
     else:
-        raise ValueError(f"score must be 'l1' or 'ssim', got {kind!r}")
+        raise ValueError(f"score must be 'l1', 'ssim' or 'ssim_multiscale', got {kind!r}")
     return gaussian_blur(amap, sigma)
+
+
+def multiscale_ssim_map(x: torch.Tensor, x_hat: torch.Tensor, window: int = 11) -> torch.Tensor:
+    """(B, C, H, W) pair -> (B, 1, H, W): 1 - SSIM at each of ``MULTISCALE_FACTORS`` (images
+    average-pooled by the factor, maps upsampled back), averaged. One window then covers 11, 22 and
+    44 pixels of the image, so a defect wider than the window still differs in structure at some
+    scale. A map, not Wang et al.'s MS-SSIM index (a product of per-scale terms for one number)."""
+    maps = []
+    for f in MULTISCALE_FACTORS:
+        a, b = (x, x_hat) if f == 1 else (F.avg_pool2d(x, f), F.avg_pool2d(x_hat, f))
+        m = (1.0 - ssim_map(a, b, window)).mean(1, keepdim=True)
+        maps.append(m if f == 1 else F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    return torch.stack(maps).mean(0)
 
 
 def pool_map(amap: torch.Tensor, pooling: str = "mean", topk_fraction: float = 0.01) -> torch.Tensor:
