@@ -6,7 +6,8 @@ again with one change at a time, judged first on painted defects on the run's he
         --variant base=steps:1353 --variant area50=steps:1353,max_defect_area:0.5 ...
 
 A variant is ``name=field:value,...`` over ``HeadConfig`` fields (``fills:intensity+blur``), plus ``augment:hflip+vflip``,
-``precision:bf16`` (the head's convolutions in bfloat16) and ``minutes:5`` (train the steps that
+``precision:bf16`` (the head's convolutions in bfloat16), ``score:ssim_multiscale`` (the residual
+the head reads) and ``minutes:5`` (train the steps that
 fit in 5 minutes: heads of different cost compared at the same time, as a budgeted run spends it).
 Each variant trains on a copy of RUN (RUN itself is never changed); a variant already evaluated
 under --out is read back, so an interrupted ablation resumes. Runs one after another: a head
@@ -45,8 +46,8 @@ def parse_variant(text: str) -> tuple[str, dict, dict]:
             extra["augment"] = [k for k in value.split("+") if k]
         elif key == "fills":
             settings["fills"] = [k for k in value.split("+") if k]
-        elif key == "precision":
-            extra["precision"] = value
+        elif key in ("precision", "score"):
+            extra[key] = value
         elif key == "minutes":
             extra["max_minutes"] = float(value)
         else:
@@ -125,7 +126,7 @@ def main() -> None:
     for name, r in rows:
         v = r["validation"] or {}
         what = ", ".join(f"{k} {val}" for k, val in r["settings"].items())
-        for key in ("augment", "precision", "max_minutes"):
+        for key in ("augment", "precision", "max_minutes", "score"):
             if r.get(key):
                 what += f", {key} {'+'.join(r[key]) if key == 'augment' else r[key]}"
         ref, p90 = r["reference_validation"], r["normals_r_p90"]

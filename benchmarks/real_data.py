@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--head-steps", type=int, default=None, help="head optimiser steps (head presets)")
     ap.add_argument("--max-minutes", type=float, default=0, help="cap on each run's whole training (0 = none)")
     ap.add_argument("--head-share", type=float, default=None, help="the head's share of --max-minutes (head presets)")
+    ap.add_argument("--head-flips", action="store_true", help="head.flips (head presets)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: the networks' convolutions in bfloat16 (CPUs with AVX-512 BF16 or AMX)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -65,7 +66,8 @@ def main() -> None:
                 "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                           "max_minutes": args.max_minutes, "precision": args.precision},
                 "scoring": {"patch_stride": args.patch_stride},
-                "head": {"steps": args.head_steps, "budget_share": args.head_share}})
+                "head": {"steps": args.head_steps, "budget_share": args.head_share,
+                         "flips": args.head_flips or None}})
             run = args.out / name / preset
             # fit_like reuses the previous preset's networks when training is identical (SSIM-L1 and
             # SSIM-SSIM differ only in scoring); an interrupted benchmark resumes where it stopped.

@@ -213,6 +213,8 @@ def test_bad_head_settings_are_refused_by_name(head_run):
         add_head(head_run, {"max_defect_area": 1.5}, progress=False)
     with pytest.raises(ConfigError, match=r"head\.fills"):
         add_head(head_run, {"fills": ["glitter"]}, progress=False)
+    with pytest.raises(ConfigError, match=r"train-head: scoring\.score"):
+        add_head(head_run, score="msssim", progress=False)
     with pytest.raises(ConfigError, match=r"train\.augment"):
         add_head(head_run, augment=["spin"], progress=False)
     with pytest.raises(ConfigError, match=r"train-head: train\.precision"):

@@ -23,20 +23,23 @@ from aoiflow.runs import (CHECKPOINT, CONFIG, RunError, TrainedModel, load_check
 
 def add_head(run_dir: str | Path, head_settings: dict[str, Any] | None = None, lam: float | None = None,
              progress: bool = True, augment: list[str] | None = None, precision: str | None = None,
-             max_minutes: float | None = None) -> TrainedModel:
+             max_minutes: float | None = None, score: str | None = None) -> TrainedModel:
     """Train a head for ``run_dir`` with ``head_settings`` (fields of ``HeadConfig``; the run's
     own otherwise), image-score weight ``lam`` (1.0 unless given: the head's map alone),
     ``augment`` (``train.augment`` for the head's batches; the run's own unless given) and
     ``precision`` (``train.precision`` for the head's training; the run's own unless given).
     ``max_minutes``: the head trains only the steps that fit in that time (its schedule shortened
-    to match), so heads of different cost compare at the same time, as a budgeted run spends it."""
+    to match), so heads of different cost compare at the same time, as a budgeted run spends it.
+    ``score``: the residual the head reads and the run scores with (``scoring.score``; the run's own
+    unless given)."""
     if max_minutes is not None and not max_minutes > 0:
         raise ConfigError(f"train-head: max_minutes {max_minutes}: must be above 0")
     run_dir = Path(run_dir)
     model = TrainedModel.load(run_dir)
     config = with_changes(model.config, {"head": {**(head_settings or {}), "enabled": True},
                                          "train": {"augment": augment, "precision": precision},
-                                         "scoring": {"lam": 1.0 if lam is None else lam}}, "train-head")
+                                         "scoring": {"lam": 1.0 if lam is None else lam, "score": score}},
+                          "train-head")
     model.config = config
     root = Path(model.data_root or "")
     if not model.data_root or not root.is_dir():
