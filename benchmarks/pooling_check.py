@@ -30,18 +30,15 @@ from aoiflow.ssim import gaussian_blur
 from aoiflow.synthdefect import add_synthetic_defects
 
 
+def with_scoring(model: TrainedModel, **changes) -> TrainedModel:
+    """``model`` with ``scoring`` settings changed (``score="ssim_multiscale"``, ``map_sigma=0``)."""
+    model.config = model.config.model_copy(update={"scoring": model.config.scoring.model_copy(update=changes)})
+    return model
+
+
 def raw_maps(model: TrainedModel, images: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) maps of ``images`` with no smoothing, through the run's scoring."""
-    settings = model.config.scoring.model_copy(update={"map_sigma": 0.0})
-    model.config = model.config.model_copy(update={"scoring": settings})
-    return model.score(images, keep_maps=True).maps
-
-
-def with_score(model: TrainedModel, score: str) -> TrainedModel:
-    """``model`` whose map is the residual of kind ``score`` (``scoring.score``)."""
-    settings = model.config.scoring.model_copy(update={"score": score})
-    model.config = model.config.model_copy(update={"scoring": settings})
-    return model
+    return with_scoring(model, map_sigma=0.0).score(images, keep_maps=True).maps
 
 
 def painted_validation(model: TrainedModel, root: Path, rounds: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -51,7 +48,7 @@ def painted_validation(model: TrainedModel, root: Path, rounds: int) -> tuple[to
     rng = np.random.default_rng(2024)
     batches, labels = [val], [np.zeros(len(val))]
     for _ in range(rounds):
-        painted, masks = add_synthetic_defects(val, rng, 0.999, cfg.head.max_defect_area)
+        painted, masks = add_synthetic_defects(val, rng, 0.999, cfg.head.max_defect_area, cfg.head.fills)
         keep = masks.flatten(1).amax(1) > 0
         batches.append(painted[keep])
         labels.append(np.ones(int(keep.sum())))
@@ -92,7 +89,7 @@ def main() -> None:
     print("| residual | map σ | top-k share | validation image AUROC | test image AUROC |")
     print("|---|---|---|---|---|")
     for score in args.scores or [current[0]]:
-        model = with_score(model, score)
+        model = with_scoring(model, score=score)
         val_maps, t_maps = raw_maps(model, val_images), raw_maps(model, t_images)
         for sigma, fraction in itertools.product(args.sigmas, args.fractions):
             mark = " *" if (score, sigma, fraction) == current else ""

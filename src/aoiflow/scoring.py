@@ -46,7 +46,7 @@ def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, kind: ScoreKind, window: i
     if kind == "l1":
         amap = (x - x_hat).abs().mean(1, keepdim=True)
     elif kind == "ssim":
-        amap = (1.0 - ssim_map(x, x_hat, window)).mean(1, keepdim=True)
+        amap = _ssim_residual(x, x_hat, window)
     elif kind == "ssim_multiscale":
         amap = multiscale_ssim_map(x, x_hat, window)
     else:
@@ -59,12 +59,16 @@ def multiscale_ssim_map(x: torch.Tensor, x_hat: torch.Tensor, window: int = 11) 
     average-pooled by the factor, maps upsampled back), averaged. One window then covers 11, 22 and
     44 pixels of the image, so a defect wider than the window still differs in structure at some
     scale. A map, not Wang et al.'s MS-SSIM index (a product of per-scale terms for one number)."""
-    maps = []
-    for f in MULTISCALE_FACTORS:
-        a, b = (x, x_hat) if f == 1 else (F.avg_pool2d(x, f), F.avg_pool2d(x_hat, f))
-        m = (1.0 - ssim_map(a, b, window)).mean(1, keepdim=True)
-        maps.append(m if f == 1 else F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    maps = [_ssim_residual(x, x_hat, window)]
+    for f in MULTISCALE_FACTORS[1:]:
+        m = _ssim_residual(F.avg_pool2d(x, f), F.avg_pool2d(x_hat, f), window)
+        maps.append(F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False))
     return torch.stack(maps).mean(0)
+
+
+def _ssim_residual(x: torch.Tensor, x_hat: torch.Tensor, window: int) -> torch.Tensor:
+    """1 - SSIM of (B, C, H, W) images, averaged over channels -> (B, 1, H, W)."""
+    return (1.0 - ssim_map(x, x_hat, window)).mean(1, keepdim=True)
 
 
 def pool_map(amap: torch.Tensor, pooling: str = "mean", topk_fraction: float = 0.01) -> torch.Tensor:
