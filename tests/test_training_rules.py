@@ -47,7 +47,7 @@ def test_resuming_with_more_epochs_never_raises_the_learning_rate(few_surfaces, 
 
 def _fake_discriminator_loss(value: float):
     """A discriminator loss fixed at ``value`` with zero gradients (Adam then leaves D unchanged)."""
-    return lambda real, fake: (real.sum() + fake.sum()) * 0.0 + value
+    return lambda real, fake, smoothing=0.0: (real.sum() + fake.sum()) * 0.0 + value
 
 
 @pytest.mark.parametrize(("loss_d", "restarted"), [(0.0, True), (9e-6, True), (2e-5, False)])

@@ -84,6 +84,13 @@ class TrainConfig(_Section):
     # A wall-clock cap on the whole training call (images, epochs, head, calibration; aoiflow.budget):
     # the planned epochs and head steps shrink to fit once they are timed. 0 = no cap.
     max_minutes: float = Field(0, ge=0)
+    # GAN stabilisation (aoiflow.train; all off by default, as in the reference):
+    # a moving average of the generator's weights with this decay (0 = off) is what the run keeps;
+    generator_ema: float = Field(0, ge=0, lt=1)
+    # spectral normalisation of the discriminator's convolutions;
+    spectral_norm: bool = False
+    # the discriminator's target for real images is 1 - label_smoothing (one-sided smoothing).
+    label_smoothing: float = Field(0, ge=0, le=0.3)
 
 
 class ScoreConfig(_Section):

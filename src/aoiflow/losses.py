@@ -3,7 +3,7 @@
 contextual: L1 or SSIM (1 - SSIM) between x and its reconstruction;
 encoder: L2 between z = E1(x) and z_hat = E2(x_hat);
 adversarial: L2 between discriminator features of x and x_hat (feature matching);
-discriminator: binary cross-entropy, real -> 1, reconstruction -> 0.
+discriminator: binary cross-entropy, real -> 1 (or 1 - smoothing), reconstruction -> 0.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def adversarial_loss(feat_real: torch.Tensor, feat_fake: torch.Tensor) -> torch.
     return F.mse_loss(feat_fake, feat_real)
 
 
-def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
-    """BCE with real labelled 1 and reconstructions labelled 0 (on logits, for stability)."""
-    real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """BCE with real labelled 1 - ``smoothing`` and reconstructions labelled 0 (on logits, for
+    stability). One-sided smoothing keeps a winning discriminator's gradients from vanishing."""
+    real = F.binary_cross_entropy_with_logits(logit_real, torch.full_like(logit_real, 1.0 - smoothing))
     fake = F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
     return 0.5 * (real + fake)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
 
 
 def _pyramid_depth(image_size: int) -> int:
@@ -129,13 +131,25 @@ class Discriminator(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0."""
+    """DCGAN initialisation: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0.
+    A spectrally normalised conv gets its raw weight initialised (the normalised one is derived)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+            weight = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
+            with torch.no_grad():
+                nn.init.normal_(weight, 0.0, 0.02)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def add_spectral_norm(net: nn.Module) -> nn.Module:
+    """Spectrally normalise every convolution of ``net`` in place (torch's parametrisation: one
+    power iteration a forward pass), which bounds how fast a discriminator can outrun the generator."""
+    for m in list(net.modules()):
+        if isinstance(m, nn.Conv2d) and not parametrize.is_parametrized(m, "weight"):
+            spectral_norm(m)
+    return net
 
 
 def build_networks(image_size: int, channels: int, latent_size: int, base_width: int, seed: int) -> tuple[Generator, Discriminator]:

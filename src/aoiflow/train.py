@@ -13,12 +13,13 @@ from tqdm import tqdm
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from aoiflow import data, distributed
 from aoiflow.config import Config, save_config
 from aoiflow.fileio import write_csv
 from aoiflow.losses import adversarial_loss, contextual_loss, discriminator_loss, encoder_loss
-from aoiflow.model import Discriminator, Generator, build_networks, init_weights, training_autocast
+from aoiflow.model import Discriminator, Generator, add_spectral_norm, build_networks, init_weights, training_autocast
 from aoiflow.runs import (CHECKPOINT, CONFIG, HISTORY, RunError, TrainedModel, load_checkpoint, save_checkpoint,
                           save_head_validation, save_model)
 from aoiflow import tiling
@@ -67,6 +68,13 @@ class TrainState:
     # Set by aoiflow.distributed while several processes train: the networks wrapped in DDP.
     g_step: Callable | None = None
     d_step: Callable | None = None
+    # train.generator_ema: the moving average of the generator, the one the run keeps
+    generator_ema: AveragedModel | None = None
+
+    @property
+    def kept_generator(self) -> Generator:
+        """The generator that validation, the head, calibration and model.pt use."""
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
 
 
 def lr_factor(epoch: int, pieces: list[list[float]]) -> float:
@@ -100,12 +108,17 @@ def _set_lr(state: TrainState, base_lr: float, epoch: int) -> float:
 def _build_state(config: Config, channels: int) -> TrainState:
     m, t = config.model, config.train
     g, d = build_networks(m.image_size, channels, m.latent_size, m.base_width, t.seed)
+    if t.spectral_norm:
+        add_spectral_norm(d)
     opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=(t.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=t.lr, betas=(t.beta1, 0.999))
     if t.precision == "bf16":  # oneDNN's bfloat16 convolutions are fastest channels-last (train_speed.py)
         g.to(memory_format=torch.channels_last)
         d.to(memory_format=torch.channels_last)
-    return TrainState(g, d, opt_g, opt_d, _lr_pieces(config))
+    # torch's AveragedModel: an EMA of the weights and of BatchNorm's running statistics
+    ema = AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(t.generator_ema), use_buffers=True) \
+        if t.generator_ema else None
+    return TrainState(g, d, opt_g, opt_d, _lr_pieces(config), generator_ema=ema)
 
 
 def train_step(state: TrainState, x: torch.Tensor, config: Config, share: float = 1.0) -> dict[str, float]:
@@ -127,11 +140,13 @@ def train_step(state: TrainState, x: torch.Tensor, config: Config, share: float 
     state.opt_g.zero_grad(set_to_none=True)
     (loss_g * share).backward()
     state.opt_g.step()
+    if state.generator_ema is not None:
+        state.generator_ema.update_parameters(g)
 
     with training_autocast(config.train.precision):
         logit_real, _ = d_logits(x)
         logit_fake, _ = d_logits(out.reconstruction.detach())
-    loss_d = discriminator_loss(logit_real.float(), logit_fake.float())
+    loss_d = discriminator_loss(logit_real.float(), logit_fake.float(), config.train.label_smoothing)
     state.opt_d.zero_grad(set_to_none=True)
     (loss_d * share).backward()
     state.opt_d.step()
@@ -170,6 +185,7 @@ def _checkpoint_state(state: TrainState, config: Config, channels: int, epoch: i
         "generator": state.generator.state_dict(), "discriminator": state.discriminator.state_dict(),
         "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
         "lr_pieces": state.lr_pieces,
+        "generator_ema": state.generator_ema.state_dict() if state.generator_ema is not None else None,
         "history": history, "split": split, "data_root": split.get("root"), "torch_rng": torch.get_rng_state(),
         "calibration": None,
     }
@@ -228,6 +244,8 @@ def _restore(state: TrainState, previous: dict, config: Config) -> tuple[list[di
     state.discriminator.load_state_dict(previous["discriminator"])
     state.opt_g.load_state_dict(previous["opt_g"])
     state.opt_d.load_state_dict(previous["opt_d"])
+    if state.generator_ema is not None and previous.get("generator_ema"):
+        state.generator_ema.load_state_dict(previous["generator_ema"])
     done = int(previous["epoch"])
     old = Config.model_validate(previous["config"])
     pieces = previous.get("lr_pieces") or _lr_pieces(old)  # runs saved before the pieces existed
@@ -328,14 +346,14 @@ def fit(data_root: str | Path, run_dir: str | Path, config: Config, resume: bool
         return run_dir / CHECKPOINT
 
     done = max(start_epoch, config.train.epochs)  # config: the epochs a time budget chose
-    model = TrainedModel(state.generator, config, channels, None, done, split, split.get("root"))
+    model = TrainedModel(state.kept_generator, config, channels, None, done, split, split.get("root"))
     if config.head.enabled:
         deadline = budget.head_deadline if budget.active else None
-        model.head, _, steps = train_head(state.generator, train_set.images, config, progress, deadline=deadline)
+        model.head, _, steps = train_head(model.generator, train_set.images, config, progress, deadline=deadline)
         if steps < config.head.steps:
             config = model.config = with_steps_trained(config, steps)
             save_config(config, run_dir / CONFIG)
-        save_head_validation(run_dir, synthetic_validation(state.generator, model.head, val_set.images, config))
+        save_head_validation(run_dir, synthetic_validation(model.generator, model.head, val_set.images, config))
     model = finish_model(model, train_set.images, val_set.images)
     if progress:
         tqdm.write(f"calibration: {model.calibration.summary()}")
@@ -407,7 +425,8 @@ def _train_epochs(state: TrainState, train_images: torch.Tensor, val_images: tor
                             enc=f"{losses['loss_enc']:.4f}", adv=f"{losses['loss_adv']:.4f}", d=f"{losses['loss_d']:.3f}")
         row = {k: v / steps for k, v in sums.items()}
         t_val = time.perf_counter()
-        val_con = distributed.mean_over_rows(lambda part: validation_loss(state.generator, part, config), val_images)
+        val_con = distributed.mean_over_rows(lambda part: validation_loss(state.kept_generator, part, config),
+                                             val_images)
         val_s = time.perf_counter() - t_val
         row.update(epoch=epoch + 1, val_con=val_con,
                    lr=lr, seconds=time.perf_counter() - t0)
