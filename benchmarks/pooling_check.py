@@ -41,18 +41,21 @@ def raw_maps(model: TrainedModel, images: torch.Tensor) -> torch.Tensor:
     return with_scoring(model, map_sigma=0.0).score(images, keep_maps=True).maps
 
 
-def painted_validation(model: TrainedModel, root: Path, rounds: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The held-out normals clean and painted ``rounds`` times: images (N, C, H, W), labels (N,)."""
+def painted_validation(model: TrainedModel, root: Path, rounds: int, with_masks: bool = False):
+    """The held-out normals clean and painted ``rounds`` times: images (N, C, H, W), labels (N,),
+    and with ``with_masks`` the painted pixels (N, 1, H, W) too."""
     cfg = model.config
     val = data.load_images([root / p for p in model.split["val"]], model.channels, cfg.model.input_size).images
     rng = np.random.default_rng(2024)
-    batches, labels = [val], [np.zeros(len(val))]
+    batches, labels, pixels = [val], [np.zeros(len(val))], [torch.zeros(len(val), 1, *val.shape[-2:])]
     for _ in range(rounds):
         painted, masks = add_synthetic_defects(val, rng, 0.999, cfg.head.max_defect_area, cfg.head.fills)
         keep = masks.flatten(1).amax(1) > 0
         batches.append(painted[keep])
         labels.append(np.ones(int(keep.sum())))
-    return torch.cat(batches), np.concatenate(labels)
+        pixels.append(masks[keep])
+    images, labels = torch.cat(batches), np.concatenate(labels)
+    return (images, labels, torch.cat(pixels)) if with_masks else (images, labels)
 
 
 def test_images(model: TrainedModel, root: Path) -> tuple[torch.Tensor, np.ndarray]:
