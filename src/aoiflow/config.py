@@ -145,7 +145,7 @@ class HeadConfig(_Section):
     defect_share: float = Field(0.5, gt=0, lt=1)  # share of training images given a painted defect
     # Largest painted blob, share of the image (log-uniform from 0.3 %). 0.5 rather than 0.06: on
     # the tile run's held-out normals, a head trained with blobs up to half the image found painted
-    # defects better at every size, small ones included (benchmarks/head_ablation.py, README).
+    # defects better at every size, small ones included (benchmarks/head_ablation.py, docs/results.md).
     max_defect_area: float = Field(0.5, gt=0.003, lt=1)
     # flip each training sample's image, reconstruction, residual and label together, at random:
     # more kinds of normal for the head at no cost in generator passes
@@ -155,7 +155,7 @@ class HeadConfig(_Section):
     fills: list[Literal["other", "shift", "intensity", "texture", "blur"]] = Field(
         default_factory=lambda: ["other", "shift", "intensity", "texture", "blur"], min_length=1)
     # the head's share of train.max_minutes (after calibration): its steps, not GANomaly's epochs,
-    # are what a 30-minute budget is short of (README, "Training to a time budget")
+    # are what a 30-minute budget is short of (docs/results.md, "Training to a time budget")
     budget_share: float = Field(0.7, gt=0, lt=1)
 
 
