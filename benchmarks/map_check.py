@@ -6,7 +6,8 @@ several runs (an ensemble) would help, judged on validation first.
 Per run and kind: pixel AUROC (the kind's images and the normal ones), PRO, the kind's share of all
 defect pixels, and the median ratio of fine horizontal detail inside a defect's mask to outside it
 (a defect that changes a surface's grain rather than its brightness shows as a ratio away from 1).
-Then every combination of the runs, their maps averaged: the validation (the first run's held-out
+Then every combination of the runs, their maps averaged (each smoothed and pooled as the first
+run scores): the validation (the first run's held-out
 normals clean and with painted defects, as ``pooling_check.py``) beside the test's image and pixel
 AUROC and PRO. Maps are smoothed and pooled as the runs score (``scoring.map_sigma``, top-k).
 With ``--sigmas``, the first run's map smoothing is judged for localisation: the painted
@@ -43,15 +44,20 @@ def fine_detail(images: torch.Tensor) -> torch.Tensor:
 
 
 def localisation(maps: np.ndarray, masks: list, labels: np.ndarray, idx: list[int]) -> tuple[float, float]:
-    """Pixel AUROC and PRO of maps (N, S, S) over images ``idx`` (those with a usable mask)."""
+    """Pixel AUROC and PRO of maps (N, S, S) over images ``idx`` (those with a usable mask); NaN
+    where no defect image there has a mask."""
     use = [i for i in idx if masks[i] is not None and (labels[i] == 0 or masks[i].any())]
     pix, _ = pixel_auroc([maps[i] for i in use], [masks[i] for i in use], labels[use].tolist())
-    return pix, pro_score([maps[i] for i in use], [masks[i] for i in use])
+    pro = pro_score([maps[i] for i in use], [masks[i] for i in use])
+    return (float("nan") if pix is None else pix), (float("nan") if pro is None else pro)
 
 
 def per_kind_table(name: str, maps: np.ndarray, masks: list, labels: np.ndarray, kinds: np.ndarray,
                    detail: torch.Tensor) -> None:
     total = sum(int(masks[i].sum()) for i in range(len(masks)) if labels[i] and masks[i] is not None)
+    if total == 0:
+        print(f"\n{name}: no defect image has a mask; nothing to localise")
+        return
     print(f"\n{name}: per defect kind\n| kind | pixel AUROC | PRO | share of defect pixels | detail inside / outside |")
     print("|---|---|---|---|---|")
     for kind in sorted(set(kinds.tolist()) - {"good"}):

@@ -8,7 +8,7 @@ import torch
 from aoiflow.config import ConfigError, build_config
 from aoiflow.losses import discriminator_loss
 from aoiflow.model import add_spectral_norm, build_networks, init_weights
-from aoiflow.runs import TrainedModel, load_checkpoint
+from aoiflow.runs import RunError, TrainedModel, load_checkpoint
 from aoiflow.synth import make_surface_dataset
 from aoiflow.train import _build_state, fit, train_step
 
@@ -80,6 +80,11 @@ def test_a_run_with_every_setting_keeps_the_average_and_resumes_to_it(surfaces, 
     assert any(not torch.equal(straight["generator"][k], model.generator.state_dict()[k]) for k in straight["generator"])
     assert "encoder.body.0.parametrizations.weight.original" in straight["discriminator"]
     # 2 epochs in one go = 1 epoch then 1 resumed (schedules differ: compare the resumed run's own EMA state)
+    # a run folder without model.pt (a run from before it existed) also gives the average
+    (tmp_path / "straight" / "model.pt").unlink()
+    fallback = TrainedModel.load(tmp_path / "straight").generator.state_dict()
+    for k, v in model.generator.state_dict().items():
+        torch.testing.assert_close(fallback[k], v)
     # 12 training images at batch 4: 3 steps an epoch, 6 averaged in both runs
     assert int(resumed["generator_ema"]["n_averaged"]) == int(straight["generator_ema"]["n_averaged"]) == 6
 
@@ -88,3 +93,11 @@ def test_a_run_with_every_setting_keeps_the_average_and_resumes_to_it(surfaces, 
 def test_out_of_range_settings_are_refused_by_name(field, value):
     with pytest.raises(ConfigError, match=field):
         build_config("ganomaly-ssim-ssim", overrides={"train": {field: value}})
+
+
+@pytest.mark.parametrize("setting", ["spectral_norm", "generator_ema"])
+def test_resuming_with_a_setting_switched_is_refused_by_name(surfaces, tmp_path, tiny_config, setting):
+    fit(surfaces, tmp_path / "run", _with_train(tiny_config, epochs=1), progress=False)
+    switched = _with_train(tiny_config, **{setting: True if setting == "spectral_norm" else 0.9})
+    with pytest.raises(RunError, match=f"train.{setting} on"):
+        fit(surfaces, tmp_path / "run", switched, resume=True, progress=False)

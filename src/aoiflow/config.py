@@ -89,7 +89,8 @@ class TrainConfig(_Section):
     generator_ema: float = Field(0, ge=0, lt=1)
     # spectral normalisation of the discriminator's convolutions;
     spectral_norm: bool = False
-    # the discriminator's target for real images is 1 - label_smoothing (one-sided smoothing).
+    # the discriminator's target for real images is 1 - label_smoothing (one-sided smoothing); its
+    # loss then cannot fall near 0, so the restart of a discriminator that wins outright never fires.
     label_smoothing: float = Field(0, ge=0, le=0.3)
 
 

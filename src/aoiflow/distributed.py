@@ -205,6 +205,8 @@ def replicate(state: TrainState) -> None:
         net.to(where)
     for opt in (state.opt_g, state.opt_d):
         _optimiser_to(opt, where)
+    if state.generator_ema is not None:  # averaged on the device each step, validated there
+        state.generator_ema.to(where)
     # Buffers are the same everywhere already (global statistics): no broadcast before each forward.
     state.g_step = DDP(state.generator, device_ids=ids, forward_sync_buffers=False)
     state.d_step = DDP(_Logits(state.discriminator), device_ids=ids, forward_sync_buffers=False)
@@ -220,6 +222,8 @@ def release(state: TrainState) -> None:
         net.to("cpu")
     for opt in (state.opt_g, state.opt_d):
         _optimiser_to(opt, torch.device("cpu"))
+    if state.generator_ema is not None:
+        state.generator_ema.to("cpu")
 
 
 def same_everywhere(module: nn.Module) -> None:

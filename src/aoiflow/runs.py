@@ -97,7 +97,11 @@ def load_model_state(run_dir: str | Path) -> dict[str, Any]:
     _check_run_folder(run_dir)
     if (run_dir / MODEL).is_file():
         return _safe_load(run_dir / MODEL)
-    return load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir)
+    if state.get("generator_ema"):  # train.generator_ema: the average is the run's generator
+        state["generator"] = {k.removeprefix("module."): v for k, v in state["generator_ema"].items()
+                              if k.startswith("module.")}
+    return state
 
 
 def _version(run_dir: Path) -> str:

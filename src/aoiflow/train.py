@@ -233,8 +233,14 @@ def _resume_from(run_dir: Path, config: Config, resume: bool) -> dict | None:
     if not resume:
         raise RunError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
     previous = load_checkpoint(run_dir)
-    if not _same_shape(Config.model_validate(previous["config"]), config):
+    before = Config.model_validate(previous["config"])
+    if not _same_shape(before, config):
         raise RunError(f"{run_dir}: cannot resume with a different model shape (image/latent size or width)")
+    for setting in ("spectral_norm", "generator_ema"):  # the networks kept differ; the EMA's decay may change
+        was, now = getattr(before.train, setting), getattr(config.train, setting)
+        if bool(was) != bool(now):
+            raise RunError(f"{run_dir}: cannot resume with train.{setting} {'on' if now else 'off'}: the run was "
+                           f"trained with it {'on' if was else 'off'}; start a new run to change it")
     return previous
 
 
