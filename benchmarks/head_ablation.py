@@ -5,8 +5,7 @@ again with one change at a time, judged first on painted defects on the run's he
     .venv/bin/python benchmarks/head_ablation.py RUN DATA --out runs/head_ablation \\
         --variant base=steps:1353 --variant area50=steps:1353,max_defect_area:0.5 ...
 
-A variant is ``name=field:value,...`` over ``HeadConfig`` fields (``fills:intensity+blur``,
-``shapes:blob+scratch+band``), plus ``augment:hflip+vflip``,
+A variant is ``name=field:value,...`` over ``HeadConfig`` fields (``fills:intensity+blur``), plus ``augment:hflip+vflip``,
 ``precision:bf16`` (the head's convolutions in bfloat16), ``score:ssim_multiscale`` (the residual
 the head reads) and ``minutes:5`` (train the steps that
 fit in 5 minutes: heads of different cost compared at the same time, as a budgeted run spends it).
@@ -45,8 +44,8 @@ def parse_variant(text: str) -> tuple[str, dict, dict]:
         key, _, value = item.partition(":")
         if key == "augment":
             extra["augment"] = [k for k in value.split("+") if k]
-        elif key in ("fills", "shapes"):
-            settings[key] = [k for k in value.split("+") if k]
+        elif key == "fills":
+            settings["fills"] = [k for k in value.split("+") if k]
         elif key in ("precision", "score"):
             extra[key] = value
         elif key == "minutes":
@@ -99,7 +98,7 @@ def painter_free_checks(run_dir: Path, result: dict) -> dict:
     train = data.load_images([root / p for p in model.split["train"][:200]], model.channels, size).images
     val = data.load_images([root / p for p in model.split["val"]], model.channels, size).images
     default_painter = model.config.model_copy(update={"head": model.config.head.model_copy(
-        update={"fills": list(FILLS), "shapes": ["blob", "scratch"]})})
+        update={"fills": list(FILLS)})})
     result["reference_validation"] = synthetic_validation(model.generator, model.head, val, default_painter)
     result["normals_r_p90"] = {"training": float(np.percentile(model.score(train).r, 90)),
                                "held_out": float(np.percentile(model.score(val).r, 90))}

@@ -49,8 +49,7 @@ def painted_validation(model: TrainedModel, root: Path, rounds: int, with_masks:
     rng = np.random.default_rng(2024)
     batches, labels, pixels = [val], [np.zeros(len(val))], [torch.zeros(len(val), 1, *val.shape[-2:])]
     for _ in range(rounds):
-        painted, masks = add_synthetic_defects(val, rng, 0.999, cfg.head.max_defect_area, cfg.head.fills,
-                                               cfg.head.shapes)
+        painted, masks = add_synthetic_defects(val, rng, 0.999, cfg.head.max_defect_area, cfg.head.fills)
         keep = masks.flatten(1).amax(1) > 0
         batches.append(painted[keep])
         labels.append(np.ones(int(keep.sum())))

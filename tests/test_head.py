@@ -206,26 +206,6 @@ def test_only_the_chosen_fills_are_painted():
     assert labels.flatten(1).amax(1).sum() >= 2 and not torch.equal(out, flat)
 
 
-def test_bands_reach_the_edge_and_default_shapes_paint_as_before():
-    from aoiflow.synthdefect import band_mask
-
-    rng = np.random.default_rng(4)
-    for _ in range(20):
-        mask = band_mask(64, rng, 0.5).bool()
-        edges = torch.cat([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-        assert 0 < mask.float().mean() <= 0.5 + 1 / 64 and edges.any()
-        assert not mask.all()
-    x = torch.rand(16, 1, 48, 48, generator=torch.Generator().manual_seed(0))
-    same = add_synthetic_defects(x, np.random.default_rng(9), 0.5, 0.5, shapes=["blob", "scratch"])
-    default = add_synthetic_defects(x, np.random.default_rng(9), 0.5, 0.5)
-    assert torch.equal(same[0], default[0]) and torch.equal(same[1], default[1])
-    banded = add_synthetic_defects(x, np.random.default_rng(9), 0.999, 0.5, fills=["intensity"], shapes=["band"])[1]
-    painted = banded.flatten(1).amax(1) > 0
-    assert painted.sum() >= 8  # brightness changes inside bands are seen and labelled
-    for label in banded[painted, 0].bool():
-        assert torch.cat([label[0], label[-1], label[:, 0], label[:, -1]]).any()
-
-
 def test_bad_head_settings_are_refused_by_name(head_run):
     with pytest.raises(ConfigError, match="width"):
         add_head(head_run, {"width": 1}, progress=False)
@@ -233,8 +213,6 @@ def test_bad_head_settings_are_refused_by_name(head_run):
         add_head(head_run, {"max_defect_area": 1.5}, progress=False)
     with pytest.raises(ConfigError, match=r"head\.fills"):
         add_head(head_run, {"fills": ["glitter"]}, progress=False)
-    with pytest.raises(ConfigError, match=r"head\.shapes"):
-        add_head(head_run, {"shapes": ["star"]}, progress=False)
     with pytest.raises(ConfigError, match=r"train-head: scoring\.score"):
         add_head(head_run, score="msssim", progress=False)
     with pytest.raises(ConfigError, match=r"train\.augment"):

@@ -155,9 +155,6 @@ class HeadConfig(_Section):
     # shifted, a brightness change, a random texture, a blurred copy
     fills: list[Literal["other", "shift", "intensity", "texture", "blur"]] = Field(
         default_factory=lambda: ["other", "shift", "intensity", "texture", "blur"], min_length=1)
-    # the shapes painted (aoiflow.synthdefect.SHAPES): noise blobs, thin scratches, and bands that
-    # reach the image's edge (off by default)
-    shapes: list[Literal["blob", "scratch", "band"]] = Field(default_factory=lambda: ["blob", "scratch"], min_length=1)
     # the head's share of train.max_minutes (after calibration): its steps, not GANomaly's epochs,
     # are what a 30-minute budget is short of (docs/results.md, "Training to a time budget")
     budget_share: float = Field(0.7, gt=0, lt=1)

@@ -199,7 +199,7 @@ def _optimise(head: DefectHead, generator: Generator, images: torch.Tensor, conf
         x = tiling.random_crops(images[idx], config.model.image_size, torch_gen)  # no-op without patches
         x = augment_batch(x, config.train.augment, torch_gen)
         clean = x
-        x, labels = add_synthetic_defects(clean, rng, hc.defect_share, hc.max_defect_area, hc.fills, hc.shapes)
+        x, labels = add_synthetic_defects(clean, rng, hc.defect_share, hc.max_defect_area, hc.fills)
         x_hat, residual = _head_inputs(generator, clean, x, idx, config.scoring, cache)
         if hc.flips:
             x, x_hat, residual, labels = flip_together((x, x_hat, residual, labels), torch_gen)
@@ -243,7 +243,7 @@ def synthetic_validation(generator: Generator, head: DefectHead, val_images: tor
     torch_gen = torch.Generator().manual_seed(12345)
     clean = tiling.random_crops(val_images, config.model.image_size, torch_gen)
     painted, labels = add_synthetic_defects(clean, rng, 0.999, config.head.max_defect_area,
-                                            config.head.fills, config.head.shapes)
+                                            config.head.fills)
     generator.eval()
     head.eval()
 

@@ -4,9 +4,8 @@ A head that only ever sees normal parts cannot learn what a defect looks like; o
 normal parts with made-up defects learns the difference between "the reconstruction misses a
 normal feature" and "something foreign is here" without any real defect image. The defects are
 deliberately generic, so the head is not tuned to one product:
-  - blobs from smooth random noise (stains, holes, glue), thin random polylines (cracks,
-    scratches, broken tracks), and, where asked, bands: the part of the image beyond a wavy line
-    (a surface finished differently from one edge on, a coating boundary, a frayed edge), as masks;
+  - blobs from smooth random noise (stains, holes, glue), and thin random polylines (cracks,
+    scratches, broken tracks), as masks;
   - filled with another normal image moved elsewhere (foreign structure), the same image
     shifted (a misplaced feature: spur, short, missing copper), a brightness and contrast
     change, a smooth random texture, or a blurred copy (smear);
@@ -25,7 +24,6 @@ import torch
 from torch.nn import functional as F
 
 FILLS = ("other", "shift", "intensity", "texture", "blur")
-SHAPES = ("blob", "scratch", "band")
 VISIBLE = 0.03  # mean channel change that counts as a visible defect pixel (images in [0, 1])
 
 
@@ -62,30 +60,6 @@ def scratch_mask(size: int, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy(mask).float()
 
 
-def band_mask(size: int, rng: np.random.Generator, max_area: float = 0.5) -> torch.Tensor:
-    """(S, S) 0/1 mask of the image beyond a wavy line at a random angle, covering 0.3 % to
-    ``max_area`` of it (log-uniform), so it always reaches the image's edge."""
-    if not MIN_AREA < max_area < 1:
-        raise ValueError(f"max_area {max_area}: expected between {MIN_AREA} and 1")
-    angle = rng.uniform(0, 2 * math.pi)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    wave = noise_field(size, int(rng.choice([2, 3, 4, 6])), rng) - 0.5
-    field = xs * math.cos(angle) + ys * math.sin(angle) + rng.uniform(0.1, 0.6) * wave
-    share = math.exp(rng.uniform(math.log(MIN_AREA), math.log(max_area)))
-    return (field >= torch.quantile(field.flatten(), 1.0 - share)).float()
-
-
-def _mask(size: int, rng: np.random.Generator, max_area: float, shapes: Sequence[str]) -> torch.Tensor:
-    """One defect's mask: a scratch 30 % of the time (where ``shapes`` has it), else a blob or band."""
-    if "scratch" in shapes and (rng.random() < 0.3 or shapes == ["scratch"]):
-        return scratch_mask(size, rng)
-    areas = [s for s in shapes if s != "scratch"]
-    if any(s not in SHAPES for s in shapes):
-        raise ValueError(f"unknown shape in {list(shapes)}; expected some of {SHAPES}")
-    shape = areas[0] if len(areas) == 1 else str(rng.choice(areas))
-    return blob_mask(size, rng, max_area) if shape == "blob" else band_mask(size, rng, max_area)
-
-
 def _fill(x: torch.Tensor, i: int, kind: str, rng: np.random.Generator) -> torch.Tensor:
     """What image ``i`` of the batch (B, C, S, S) shows inside its defect: (C, S, S) in [0, 1]."""
     img, size = x[i], x.shape[-1]
@@ -109,11 +83,9 @@ def _fill(x: torch.Tensor, i: int, kind: str, rng: np.random.Generator) -> torch
 
 
 def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator, share: float = 0.5,
-                          max_area: float = 0.06, fills: Sequence[str] = FILLS,
-                          shapes: Sequence[str] = ("blob", "scratch")) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paint defects on about ``share`` of a batch of normal images; blobs and bands cover up to
-    ``max_area``, each of ``shapes`` (a subset of ``SHAPES``), filled with one of ``fills`` (a
-    subset of ``FILLS``) drawn at random.
+                          max_area: float = 0.06, fills: Sequence[str] = FILLS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paint defects on about ``share`` of a batch of normal images; blobs cover up to ``max_area``,
+    each filled with one of ``fills`` (a subset of ``FILLS``) drawn at random.
 
     x: (B, C, S, S) in [0, 1] -> (images with defects (B, C, S, S), labels (B, 1, S, S) in {0, 1});
     images left normal have an all-zero label.
@@ -124,7 +96,7 @@ def add_synthetic_defects(x: torch.Tensor, rng: np.random.Generator, share: floa
     for i in range(len(x)):
         if rng.random() >= share:
             continue
-        mask = _mask(size, rng, max_area, list(shapes))
+        mask = scratch_mask(size, rng) if rng.random() < 0.3 else blob_mask(size, rng, max_area)
         strength = rng.uniform(0.4, 1.0)
         fill = _fill(x, i, str(rng.choice(fills)), rng)
         blended = x[i] * (1 - strength * mask) + fill * strength * mask
