@@ -26,8 +26,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
 from aoiflow import data
-from aoiflow.evaluate import load_masks, pixel_auroc
-from aoiflow.localisation import pro_score
+from aoiflow.evaluate import load_masks, localisation_metrics, pixel_auroc
 from aoiflow.runs import TrainedModel
 from aoiflow.scoring import pool_map
 from aoiflow.ssim import gaussian_blur
@@ -44,11 +43,11 @@ def fine_detail(images: torch.Tensor) -> torch.Tensor:
 
 
 def localisation(maps: np.ndarray, masks: list, labels: np.ndarray, idx: list[int]) -> tuple[float, float]:
-    """Pixel AUROC and PRO of maps (N, S, S) over images ``idx`` (those with a usable mask); NaN
-    where no defect image there has a mask."""
-    use = [i for i in idx if masks[i] is not None and (labels[i] == 0 or masks[i].any())]
-    pix, _ = pixel_auroc([maps[i] for i in use], [masks[i] for i in use], labels[use].tolist())
-    pro = pro_score([maps[i] for i in use], [masks[i] for i in use])
+    """Pixel AUROC and PRO of maps (N, S, S) over images ``idx``, as ``aoiflow test`` computes
+    them; NaN where no defect image there has a mask."""
+    maps, masks, labels = [maps[i] for i in idx], [masks[i] for i in idx], labels[idx].tolist()
+    pix, _ = pixel_auroc(maps, masks, labels)
+    pro = localisation_metrics(maps, masks, labels, [False] * len(idx), None).get("pro_30")
     return (float("nan") if pix is None else pix), (float("nan") if pro is None else pro)
 
 
@@ -71,11 +70,9 @@ def per_kind_table(name: str, maps: np.ndarray, masks: list, labels: np.ndarray,
         print(f"| {kind} | {pix:.3f} | {pro:.3f} | {share:.0%} | {ratio} |")
 
 
-def smoothing_table(model: TrainedModel, test_images: torch.Tensor, val_images: torch.Tensor, val_labels: np.ndarray,
-                    val_masks: torch.Tensor, masks: list, labels: np.ndarray, sigmas: list[float],
-                    current: float) -> None:
-    """Localisation of ``model``'s map at each smoothing; ``current``: the run's own (marked *)."""
-    raw_val, raw_test = raw_maps(model, val_images), raw_maps(model, test_images)
+def smoothing_table(raw_val: torch.Tensor, raw_test: torch.Tensor, val_labels: np.ndarray, val_masks: torch.Tensor,
+                    masks: list, labels: np.ndarray, sigmas: list[float], current: float) -> None:
+    """Localisation of one run's unsmoothed maps at each smoothing; ``current``: the run's own (*)."""
     truth = [m[0].numpy() > 0 for m in val_masks]
     print("\nmap smoothing (first run) for localisation\n| map σ | validation pixel AUROC | test pixel AUROC | PRO |")
     print("|---|---|---|---|")
@@ -106,16 +103,16 @@ def main() -> None:
     labels = np.array([s.label for s in samples])
     kinds = np.array([s.defect_type if s.label else "good" for s in samples])
     masks = load_masks(samples, size)
-    val_images, val_labels, val_masks = painted_validation(models[0], Path(models[0].data_root), args.rounds,
-                                                           with_masks=True)
+    val_images, val_labels, val_masks = painted_validation(models[0], Path(models[0].data_root), args.rounds)
     sigma, fraction = models[0].config.scoring.map_sigma, models[0].config.scoring.topk_fraction
-    test_maps = [gaussian_blur(raw_maps(m, loaded.images), sigma) for m in models]
-    val_maps = [gaussian_blur(raw_maps(m, val_images), sigma) for m in models]
+    raw_test = [raw_maps(m, loaded.images) for m in models]  # each run scores each image once
+    raw_val = [raw_maps(m, val_images) for m in models]
+    test_maps, val_maps = [gaussian_blur(t, sigma) for t in raw_test], [gaussian_blur(v, sigma) for v in raw_val]
     detail = fine_detail(loaded.images)
     for run, maps in zip(args.runs, test_maps):
         per_kind_table(str(run), maps[:, 0].numpy(), masks, labels, kinds, detail)
     if args.sigmas:
-        smoothing_table(models[0], loaded.images, val_images, val_labels, val_masks, masks, labels, args.sigmas, sigma)
+        smoothing_table(raw_val[0], raw_test[0], val_labels, val_masks, masks, labels, args.sigmas, sigma)
     print("\nmaps averaged over runs\n| runs | validation image AUROC | test image AUROC | pixel AUROC | PRO |")
     print("|---|---|---|---|---|")
     everything = list(range(len(samples)))

@@ -16,6 +16,7 @@ scoring; each setting then only smooths and pools them, so the grid costs little
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from aoiflow.synthdefect import add_synthetic_defects
 
 
 def with_scoring(model: TrainedModel, **changes) -> TrainedModel:
-    """``model`` with ``scoring`` settings changed (``score="ssim_multiscale"``, ``map_sigma=0``)."""
-    model.config = model.config.model_copy(update={"scoring": model.config.scoring.model_copy(update=changes)})
-    return model
+    """A copy of ``model`` (the same networks) with ``scoring`` settings changed
+    (``score="ssim_multiscale"``, ``map_sigma=0``); ``model`` itself is left as it was."""
+    return dataclasses.replace(model, config=model.config.model_copy(
+        update={"scoring": model.config.scoring.model_copy(update=changes)}))
 
 
 def raw_maps(model: TrainedModel, images: torch.Tensor) -> torch.Tensor:
@@ -41,9 +43,9 @@ def raw_maps(model: TrainedModel, images: torch.Tensor) -> torch.Tensor:
     return with_scoring(model, map_sigma=0.0).score(images, keep_maps=True).maps
 
 
-def painted_validation(model: TrainedModel, root: Path, rounds: int, with_masks: bool = False):
-    """The held-out normals clean and painted ``rounds`` times: images (N, C, H, W), labels (N,),
-    and with ``with_masks`` the painted pixels (N, 1, H, W) too."""
+def painted_validation(model: TrainedModel, root: Path, rounds: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """The held-out normals clean and painted ``rounds`` times: images (N, C, H, W), labels (N,)
+    and the painted pixels (N, 1, H, W)."""
     cfg = model.config
     val = data.load_images([root / p for p in model.split["val"]], model.channels, cfg.model.input_size).images
     rng = np.random.default_rng(2024)
@@ -54,8 +56,7 @@ def painted_validation(model: TrainedModel, root: Path, rounds: int, with_masks:
         batches.append(painted[keep])
         labels.append(np.ones(int(keep.sum())))
         pixels.append(masks[keep])
-    images, labels = torch.cat(batches), np.concatenate(labels)
-    return (images, labels, torch.cat(pixels)) if with_masks else (images, labels)
+    return torch.cat(batches), np.concatenate(labels), torch.cat(pixels)
 
 
 def test_images(model: TrainedModel, root: Path) -> tuple[torch.Tensor, np.ndarray]:
@@ -85,7 +86,7 @@ def main() -> None:
     if args.without_head:
         model.head = None
     current = (model.config.scoring.score, model.config.scoring.map_sigma, model.config.scoring.topk_fraction)
-    val_images, val_labels = painted_validation(model, Path(model.data_root), args.rounds)
+    val_images, val_labels, _ = painted_validation(model, Path(model.data_root), args.rounds)
     t_images, t_labels = test_images(model, args.data)
     print(f"run {args.run}{' without its head' if args.without_head else ''}: {int((val_labels == 0).sum())} "
           f"held-out normals, {int(val_labels.sum())} painted; {len(t_labels)} test images. * = the run's setting")

@@ -136,8 +136,7 @@ def init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             weight = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
-            with torch.no_grad():
-                nn.init.normal_(weight, 0.0, 0.02)
+            nn.init.normal_(weight, 0.0, 0.02)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
